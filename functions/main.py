@@ -1,0 +1,26 @@
+"""Entry points for functions-framework: ``--source functions/main.py --target create``.
+
+Each function is a few lines over the ``wholeimage`` package; its modules are imported inside
+the function so that a process serving one target loads only what that target needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import functions_framework
+
+from wholeimage.bootstrap import warn_if_open_at_start
+
+if TYPE_CHECKING:
+    from flask import Request, Response
+
+warn_if_open_at_start()
+
+
+@functions_framework.http
+def create(request: Request) -> Response:
+    """Submit a full-ECS image request (POST, JSON or CloudEvent) or read a tracked job (GET)."""
+    from wholeimage.web import handle_create
+
+    return handle_create(request)

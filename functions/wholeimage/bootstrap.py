@@ -1,0 +1,144 @@
+"""The composition root: builds the real ports from settings, once per process, lazily.
+
+Tests and the CLI hand in their own ``Dependencies`` with ``set_dependencies``; nothing here
+runs at import time except what ``warn_if_open_at_start`` does, which is cheap by design.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wholeimage.ims import ImsClient
+    from wholeimage.settings import Settings
+    from wholeimage.store import JobStore
+
+log = logging.getLogger("wholeimage")
+
+API_TOKEN_VARIABLE = "WHOLEIMAGE_API_TOKEN"  # noqa: S105 (a variable name, not a token)
+
+
+@dataclass
+class Dependencies:
+    """The ports the use cases need; IMS is built on first need so reads work without a cloud."""
+
+    settings: Settings
+    store: JobStore
+    ims: ImsClient | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def ims_client(self) -> ImsClient:
+        """The IMS client, built from the settings on first use."""
+        with self._lock:
+            if self.ims is None:
+                self.ims = build_ims_client(self.settings)
+            return self.ims
+
+
+def build_ims_client(settings: Settings) -> ImsClient:
+    """An ``HttpImsClient`` for the configured endpoint and credentials."""
+    import httpx
+
+    from wholeimage.endpoints import resolve_endpoints
+    from wholeimage.errors import ConfigurationError
+    from wholeimage.ims import (
+        USER_AGENT,
+        AkSkAuth,
+        HttpImsClient,
+        IamPasswordAuth,
+        RetryPolicy,
+        StaticTokenAuth,
+        shared_ssl_context,
+    )
+
+    endpoints = resolve_endpoints(
+        cloud=settings.cloud,
+        region=settings.region,
+        ims_endpoint=settings.ims_endpoint,
+        iam_endpoint=settings.iam_endpoint,
+    )
+    project_id = settings.require_project_id()
+    auth: httpx.Auth
+    if settings.access_key is not None or settings.secret_key is not None:
+        if settings.access_key is None or settings.secret_key is None:
+            raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
+        auth = AkSkAuth(
+            settings.access_key.get_secret_value(),
+            settings.secret_key.get_secret_value(),
+            project_id,
+            settings.security_token.get_secret_value() if settings.security_token else None,
+        )
+    elif settings.auth_token is not None:
+        auth = StaticTokenAuth(settings.auth_token.get_secret_value())
+    elif settings.iam_user and settings.iam_password and settings.iam_domain:
+        if endpoints.iam is None:
+            raise ConfigurationError(
+                "IAM endpoint unknown: set WHOLEIMAGE_IAM_ENDPOINT or WHOLEIMAGE_REGION"
+            )
+        auth = IamPasswordAuth(
+            iam_endpoint=endpoints.iam,
+            user=settings.iam_user,
+            password=settings.iam_password.get_secret_value(),
+            domain=settings.iam_domain,
+            project_id=project_id,
+        )
+    else:
+        raise ConfigurationError(
+            "no IMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
+            "(+ HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or WHOLEIMAGE_AUTH_TOKEN, "
+            "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN"
+        )
+    http = httpx.Client(
+        base_url=endpoints.ims,
+        auth=auth,
+        timeout=httpx.Timeout(settings.ims_timeout, connect=min(10.0, settings.ims_timeout)),
+        verify=shared_ssl_context(),
+        headers={"User-Agent": USER_AGENT},
+    )
+    retry = RetryPolicy(max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget)
+    return HttpImsClient(http, project_id=project_id, retry=retry)
+
+
+_dependencies: Dependencies | None = None
+_dependencies_lock = threading.Lock()
+
+
+def get_dependencies() -> Dependencies:
+    """The process's dependencies, built from the environment on first use."""
+    global _dependencies  # noqa: PLW0603 (a lazy per-process singleton)
+    with _dependencies_lock:
+        if _dependencies is None:
+            from wholeimage.logs import configure_logging, register_secrets
+            from wholeimage.settings import get_settings
+            from wholeimage.store import open_store
+
+            settings = get_settings()
+            configure_logging(settings.log_level)
+            register_secrets(settings.secret_values())
+            _dependencies = Dependencies(settings=settings, store=open_store(settings.state_url))
+        return _dependencies
+
+
+def set_dependencies(dependencies: Dependencies | None) -> None:
+    """Use ``dependencies`` from now on (tests, CLI); ``None`` rebuilds from settings next time."""
+    global _dependencies  # noqa: PLW0603 (a lazy per-process singleton)
+    with _dependencies_lock:
+        _dependencies = dependencies
+
+
+def warn_if_open_at_start() -> None:
+    """Log a loud warning when no caller token is configured: every caller is then trusted."""
+    # Only this variable is read at start, directly and cheaply, so the warning appears when the
+    # process starts rather than on its first request; everything else waits for first use.
+    if not os.environ.get(API_TOKEN_VARIABLE):
+        from wholeimage.logs import configure_logging
+
+        configure_logging()
+        log.warning(
+            f"{API_TOKEN_VARIABLE} is not set: wholeimage accepts calls from anyone who can reach it. "
+            "Set it in any deployment reachable from a network."
+        )

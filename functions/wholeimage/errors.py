@@ -1,0 +1,205 @@
+"""The one error hierarchy of wholeimage; ``web.error_response`` maps it to HTTP in one place.
+
+::
+
+    WholeImageError                    500 internal
+    ├── ConfigurationError             500 misconfigured          (names the variable)
+    ├── RequestInvalidError            400 invalid_request        (details: path + message each)
+    │   └── UnsupportedMediaTypeError  400 unsupported_media_type
+    ├── PayloadTooLargeError           413 payload_too_large
+    ├── UnauthorizedError              401 unauthorized
+    ├── NotFoundError                  404 not_found
+    ├── MethodNotAllowedError          405 method_not_allowed
+    ├── ConflictError                  409 conflict
+    │   ├── IdempotencyKeyReusedError  409 idempotency_key_reused
+    │   ├── SubmissionInProgressError  409 submission_in_progress
+    │   └── BackupInUseError           409 backup_in_use
+    ├── ImsRejectedError               4xx ims_rejected           (IMS's own IMG.xxxx code)
+    └── UpstreamError                  502 upstream_error
+        ├── UpstreamAuthError          502 upstream_auth_failed   (our credentials, not the caller's)
+        ├── UpstreamUnavailableError   503 upstream_unavailable   (Retry-After)
+        └── UpstreamTimeoutError       504 upstream_timeout
+
+Messages are public: they never carry a secret, a stack trace or library text.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class WholeImageError(Exception):
+    """Base of every error wholeimage raises on purpose."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        upstream: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.upstream = upstream
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status this error answers with."""
+        return int(self.status)
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (``Retry-After`` for instance)."""
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body ``{"error": {"code", "message", "details", ...}}``."""
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+        }
+        if self.upstream is not None:
+            error["upstream"] = self.upstream
+        return {"error": error}
+
+
+class ConfigurationError(WholeImageError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+    code = "misconfigured"
+
+
+class RequestInvalidError(WholeImageError):
+    """The request body or its envelope is not acceptable."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "invalid_request"
+
+
+class UnsupportedMediaTypeError(RequestInvalidError):
+    """The request is not JSON (nor a CloudEvent)."""
+
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(WholeImageError):
+    """The body is over the size limit."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "payload_too_large"
+
+
+class UnauthorizedError(WholeImageError):
+    """The caller did not present the configured bearer token."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="wholeimage"'}
+
+
+class NotFoundError(WholeImageError):
+    """No such job."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class MethodNotAllowedError(WholeImageError):
+    """The function does not answer this HTTP method."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed here; use {' or '.join(allowed)}")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class ConflictError(WholeImageError):
+    """The request conflicts with what is already recorded."""
+
+    status = HTTPStatus.CONFLICT
+    code = "conflict"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """The idempotency key was first used with a different body."""
+
+    code = "idempotency_key_reused"
+
+
+class SubmissionInProgressError(ConflictError):
+    """A request with this idempotency key is being submitted right now."""
+
+    code = "submission_in_progress"
+
+
+class BackupInUseError(ConflictError):
+    """The backup already has an outstanding or successful image job (one backup, one image)."""
+
+    code = "backup_in_use"
+
+
+class ImsRejectedError(WholeImageError):
+    """IMS refused the request with its own ``IMG.xxxx`` code; the caller can fix it."""
+
+    code = "ims_rejected"
+
+    def __init__(self, message: str, *, http_status: int, upstream: dict[str, Any]) -> None:
+        super().__init__(message, upstream=upstream)
+        self._http_status = http_status
+
+    @property
+    def http_status(self) -> int:
+        return self._http_status
+
+
+class UpstreamError(WholeImageError):
+    """IMS (or IAM) failed in a way that is not the caller's fault."""
+
+    status = HTTPStatus.BAD_GATEWAY
+    code = "upstream_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    """IMS or IAM refused our credentials (401/403): an operator must fix the configuration."""
+
+    code = "upstream_auth_failed"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """IMS stayed throttled or unavailable after the retries; try again after ``retry_after``."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "upstream_unavailable"
+
+    def __init__(
+        self, message: str, *, retry_after: int, upstream: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, upstream=upstream)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """IMS did not answer in time."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "upstream_timeout"
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        # A POST that went out and timed out may have been accepted: it must not be resubmitted.
+        self.request_sent = request_sent

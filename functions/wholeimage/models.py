@@ -1,0 +1,130 @@
+"""Typed models, built only after a body passed its JSON Schema (the schema is the contract)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobStatus(StrEnum):
+    """A tracked job's status: IMS's four plus ours where IMS has no word for it."""
+
+    SUBMITTING = "SUBMITTING"  # recorded, IMS call in flight (or the process died during it)
+    SUBMIT_UNCERTAIN = "SUBMIT_UNCERTAIN"  # IMS call timed out after it was sent: never resubmitted
+    SUBMITTED = "SUBMITTED"  # IMS accepted it and gave a job id; not polled yet
+    INIT = "INIT"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAIL = "FAIL"
+    TIMED_OUT = "TIMED_OUT"  # past its deadline without an IMS verdict
+
+
+OUTSTANDING = frozenset({JobStatus.SUBMITTED, JobStatus.INIT, JobStatus.RUNNING})
+ENDED = frozenset({JobStatus.SUCCESS, JobStatus.FAIL, JobStatus.TIMED_OUT})
+# A backup with a job in one of these states may not be used again (the seed: one backup, one image).
+BACKUP_BLOCKING = frozenset(
+    {JobStatus.SUBMITTING, JobStatus.SUBMIT_UNCERTAIN, JobStatus.SUCCESS} | OUTSTANDING
+)
+
+
+class TagKeyValue(BaseModel):
+    """One ``image_tags`` item."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str
+    value: str
+
+
+class CreateImageRequest(BaseModel):
+    """The IMS create body, one model for the ECS, CSBS and CBR variants (as the SDK has it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str | None = None
+    tags: list[str] | None = None
+    image_tags: list[TagKeyValue] | None = None
+    instance_id: str | None = None
+    vault_id: str | None = None
+    backup_id: str | None = None
+    whole_image_type: Literal["CBR", "CSBS"] | None = None
+    enterprise_project_id: str | None = None
+    max_ram: int | None = None
+    min_ram: int | None = None
+
+    @property
+    def source_kind(self) -> Literal["ecs", "csbs", "cbr"]:
+        """Where the image comes from."""
+        if self.instance_id is not None:
+            return "ecs"
+        return "cbr" if self.whole_image_type == "CBR" else "csbs"
+
+    @property
+    def source_id(self) -> str:
+        """The ECS id or the backup id."""
+        return self.instance_id or self.backup_id or ""
+
+    def ims_body(self) -> dict[str, Any]:
+        """The JSON body sent to IMS: unset fields dropped, as the official SDK does."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def fingerprint(self) -> str:
+        """A stable hash of the body, to tell a repeat from a different request under one key."""
+        canonical = json.dumps(self.ims_body(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Job(BaseModel):
+    """A tracked job as the state store holds it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    idempotency_key: str | None
+    request_fingerprint: str
+    request: CreateImageRequest
+    requested_by: str | None
+    source_kind: str
+    source_id: str
+    status: JobStatus
+    ims_job_id: str | None = None
+    image_id: str | None = None
+    process_percent: float | None = None
+    error_code: str | None = None
+    fail_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None = None
+    ended_at: datetime | None = None
+    poll_attempts: int = 0
+    next_poll_at: datetime | None = None
+    deadline_at: datetime | None = None
+    trace: str | None = None
+
+    def public_view(self, status_url: str | None) -> dict[str, Any]:
+        """What callers see: the job without internals (no fingerprint, leases or counters)."""
+        view: dict[str, Any] = {
+            "request_id": self.request_id,
+            "job_id": self.ims_job_id,
+            "status": self.status.value,
+            "source": {"kind": self.source_kind, "id": self.source_id},
+            "image_name": self.request.name,
+            "image_id": self.image_id,
+            "process_percent": self.process_percent,
+            "error_code": self.error_code,
+            "fail_reason": self.fail_reason,
+            "idempotency_key": self.idempotency_key,
+            "requested_by": self.requested_by,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "submitted_at": self.submitted_at.isoformat() if self.submitted_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+        }
+        if status_url is not None:
+            view["status_url"] = status_url
+        return view

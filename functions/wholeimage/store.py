@@ -1,0 +1,172 @@
+"""The state store port and the pieces every adapter shares.
+
+Contract of a ``JobStore`` (each method is one transaction):
+
+- ``reserve(job)`` records a new job in ``SUBMITTING`` before IMS is called. If a job with the
+  same idempotency key exists it records nothing and returns that job (``created=False``). If
+  the job's backup already has a job in a blocking state it raises ``BackupInUseError``.
+  Two concurrent reservations can never both succeed for one key or one backup.
+- ``mark_submitted`` / ``mark_uncertain`` move a ``SUBMITTING`` job on; ``discard`` deletes a
+  ``SUBMITTING`` job whose submission IMS definitely refused, so nothing is left behind.
+- ``get`` / ``get_by_ims_job_id`` read one job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from wholeimage.errors import ConfigurationError
+from wholeimage.models import BACKUP_BLOCKING, OUTSTANDING, CreateImageRequest, Job, JobStatus
+
+JOB_COLUMNS = (
+    "request_id",
+    "idempotency_key",
+    "request_fingerprint",
+    "request_json",
+    "requested_by",
+    "source_kind",
+    "source_id",
+    "status",
+    "ims_job_id",
+    "image_id",
+    "process_percent",
+    "error_code",
+    "fail_reason",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "ended_at",
+    "poll_attempts",
+    "next_poll_at",
+    "deadline_at",
+    "trace",
+)
+
+
+def status_list(statuses: frozenset[JobStatus]) -> str:
+    """A SQL literal list of statuses, for partial indexes (they cannot take parameters)."""
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
+
+
+OUTSTANDING_SQL = status_list(OUTSTANDING)
+BACKUP_BLOCKING_SQL = status_list(BACKUP_BLOCKING)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of ``reserve``: the job now on record and whether this call created it."""
+
+    job: Job
+    created: bool
+
+
+class JobStore(Protocol):
+    """Where jobs are kept; see the module docstring for the contract."""
+
+    def reserve(self, job: Job) -> Reservation:
+        """Record ``job`` unless its idempotency key is known; refuse a reused backup."""
+        ...
+
+    def mark_submitted(
+        self, request_id: str, *, ims_job_id: str, now: datetime, next_poll_at: datetime
+    ) -> Job:
+        """IMS accepted the job and gave ``ims_job_id``."""
+        ...
+
+    def mark_uncertain(self, request_id: str, *, reason: str, now: datetime) -> Job:
+        """The submission's outcome is unknown; it will not be resubmitted."""
+        ...
+
+    def discard(self, request_id: str) -> None:
+        """Delete a ``SUBMITTING`` job that IMS refused."""
+        ...
+
+    def get(self, request_id: str) -> Job | None:
+        """One job by our request id."""
+        ...
+
+    def get_by_ims_job_id(self, ims_job_id: str) -> Job | None:
+        """One job by IMS's job id."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def to_epoch(moment: datetime | None) -> float | None:
+    """Times are stored as UTC epoch seconds: comparable and indexable in both databases."""
+    return moment.timestamp() if moment is not None else None
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    """The inverse of ``to_epoch``."""
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def job_to_row(job: Job) -> dict[str, Any]:
+    """A job as column values."""
+    return {
+        "request_id": job.request_id,
+        "idempotency_key": job.idempotency_key,
+        "request_fingerprint": job.request_fingerprint,
+        "request_json": json.dumps(job.request.ims_body(), sort_keys=True),
+        "requested_by": job.requested_by,
+        "source_kind": job.source_kind,
+        "source_id": job.source_id,
+        "status": job.status.value,
+        "ims_job_id": job.ims_job_id,
+        "image_id": job.image_id,
+        "process_percent": job.process_percent,
+        "error_code": job.error_code,
+        "fail_reason": job.fail_reason,
+        "created_at": to_epoch(job.created_at),
+        "updated_at": to_epoch(job.updated_at),
+        "submitted_at": to_epoch(job.submitted_at),
+        "ended_at": to_epoch(job.ended_at),
+        "poll_attempts": job.poll_attempts,
+        "next_poll_at": to_epoch(job.next_poll_at),
+        "deadline_at": to_epoch(job.deadline_at),
+        "trace": job.trace,
+    }
+
+
+def row_to_job(row: dict[str, Any]) -> Job:
+    """Column values as a job."""
+    return Job(
+        request_id=row["request_id"],
+        idempotency_key=row["idempotency_key"],
+        request_fingerprint=row["request_fingerprint"],
+        request=CreateImageRequest.model_validate_json(row["request_json"]),
+        requested_by=row["requested_by"],
+        source_kind=row["source_kind"],
+        source_id=row["source_id"],
+        status=JobStatus(row["status"]),
+        ims_job_id=row["ims_job_id"],
+        image_id=row["image_id"],
+        process_percent=row["process_percent"],
+        error_code=row["error_code"],
+        fail_reason=row["fail_reason"],
+        created_at=from_epoch(row["created_at"]) or datetime.now(UTC),
+        updated_at=from_epoch(row["updated_at"]) or datetime.now(UTC),
+        submitted_at=from_epoch(row["submitted_at"]),
+        ended_at=from_epoch(row["ended_at"]),
+        poll_attempts=row["poll_attempts"] or 0,
+        next_poll_at=from_epoch(row["next_poll_at"]),
+        deadline_at=from_epoch(row["deadline_at"]),
+        trace=row["trace"],
+    )
+
+
+def open_store(state_url: str) -> JobStore:
+    """The store for ``WHOLEIMAGE_STATE_URL``."""
+    if state_url.startswith("sqlite:///"):
+        from wholeimage.store_sqlite import SqliteJobStore
+
+        return SqliteJobStore(state_url.removeprefix("sqlite:///"))
+    raise ConfigurationError(
+        "WHOLEIMAGE_STATE_URL: only sqlite:///path is supported by this version"
+    )

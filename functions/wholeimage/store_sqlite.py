@@ -1,0 +1,227 @@
+"""SQLite ``JobStore``: one file, WAL, safe for several threads and processes on one machine.
+
+Each thread gets its own connection (sqlite3 connections are not to be shared across threads
+while in a transaction); every write runs in ``BEGIN IMMEDIATE`` so that concurrent writers
+queue on the database lock instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from wholeimage.errors import BackupInUseError
+from wholeimage.models import Job, JobStatus
+from wholeimage.store import (
+    BACKUP_BLOCKING_SQL,
+    JOB_COLUMNS,
+    OUTSTANDING_SQL,
+    Reservation,
+    job_to_row,
+    row_to_job,
+    to_epoch,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    request_id          TEXT PRIMARY KEY,
+    idempotency_key     TEXT UNIQUE,
+    request_fingerprint TEXT NOT NULL,
+    request_json        TEXT NOT NULL,
+    requested_by        TEXT,
+    source_kind         TEXT NOT NULL,
+    source_id           TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    ims_job_id          TEXT UNIQUE,
+    image_id            TEXT,
+    process_percent     REAL,
+    error_code          TEXT,
+    fail_reason         TEXT,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    submitted_at        REAL,
+    ended_at            REAL,
+    poll_attempts       INTEGER NOT NULL DEFAULT 0,
+    next_poll_at        REAL,
+    deadline_at         REAL,
+    lease_owner         TEXT,
+    lease_expires_at    REAL,
+    trace               TEXT
+);
+-- One backup, one image: at most one job per backup in a blocking state, even under a race.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_backup_once ON jobs (source_id)
+    WHERE source_kind IN ('csbs', 'cbr') AND status IN ({BACKUP_BLOCKING_SQL});
+-- Due jobs only: a partial index over outstanding rows, ordered by next poll time.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_poll_at) WHERE status IN ({OUTSTANDING_SQL});
+"""
+
+
+class SqliteJobStore:
+    """``JobStore`` over one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._schema_ready = False
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self._path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against process crashes in WAL mode; FULL costs 5x (performance.md).
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+            if not self._schema_ready:
+                self._migrate(connection)
+        return connection
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE makes concurrent first starts take turns; IF NOT EXISTS makes it idempotent.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        self._schema_ready = True
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _fetch(self, connection: sqlite3.Connection, where: str, *params: Any) -> Job | None:
+        row = connection.execute(
+            f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE {where}",  # noqa: S608 (fixed SQL)
+            params,
+        ).fetchone()
+        return row_to_job(dict(row)) if row is not None else None
+
+    def reserve(self, job: Job) -> Reservation:
+        """See ``JobStore.reserve``."""
+        with self._write() as connection:
+            if job.idempotency_key is not None:
+                existing = self._fetch(connection, "idempotency_key = ?", job.idempotency_key)
+                if existing is not None:
+                    return Reservation(job=existing, created=False)
+            if job.source_kind in ("csbs", "cbr"):
+                holder = self._fetch(
+                    connection,
+                    f"source_kind IN ('csbs', 'cbr') AND source_id = ? "
+                    f"AND status IN ({BACKUP_BLOCKING_SQL})",
+                    job.source_id,
+                )
+                if holder is not None:
+                    raise backup_in_use(holder)
+            row = job_to_row(job)
+            placeholders = ", ".join("?" for _ in row)
+            connection.execute(
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({placeholders})",  # noqa: S608
+                tuple(row.values()),
+            )
+        return Reservation(job=job, created=True)
+
+    def _update(self, request_id: str, expected: JobStatus, **changes: Any) -> Job:
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        with self._write() as connection:
+            connection.execute(
+                f"UPDATE jobs SET {assignments} WHERE request_id = ? AND status = ?",  # noqa: S608
+                (*changes.values(), request_id, expected.value),
+            )
+            job = self._fetch(connection, "request_id = ?", request_id)
+        if job is None:
+            raise LookupError(f"job {request_id} vanished")
+        return job
+
+    def mark_submitted(
+        self, request_id: str, *, ims_job_id: str, now: datetime, next_poll_at: datetime
+    ) -> Job:
+        """See ``JobStore.mark_submitted``."""
+        return self._update(
+            request_id,
+            JobStatus.SUBMITTING,
+            status=JobStatus.SUBMITTED.value,
+            ims_job_id=ims_job_id,
+            submitted_at=to_epoch(now),
+            updated_at=to_epoch(now),
+            next_poll_at=to_epoch(next_poll_at),
+        )
+
+    def mark_uncertain(self, request_id: str, *, reason: str, now: datetime) -> Job:
+        """See ``JobStore.mark_uncertain``."""
+        return self._update(
+            request_id,
+            JobStatus.SUBMITTING,
+            status=JobStatus.SUBMIT_UNCERTAIN.value,
+            fail_reason=reason,
+            updated_at=to_epoch(now),
+        )
+
+    def discard(self, request_id: str) -> None:
+        """See ``JobStore.discard``."""
+        with self._write() as connection:
+            connection.execute(
+                "DELETE FROM jobs WHERE request_id = ? AND status = ?",
+                (request_id, JobStatus.SUBMITTING.value),
+            )
+
+    def get(self, request_id: str) -> Job | None:
+        """See ``JobStore.get``."""
+        return self._fetch(self._connection(), "request_id = ?", request_id)
+
+    def get_by_ims_job_id(self, ims_job_id: str) -> Job | None:
+        """See ``JobStore.get_by_ims_job_id``."""
+        return self._fetch(self._connection(), "ims_job_id = ?", ims_job_id)
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def backup_in_use(holder: Job) -> BackupInUseError:
+    """The 409 for a backup that already has a job."""
+    return BackupInUseError(
+        f"backup {holder.source_id} already has a {holder.status.value} image job: "
+        "one backup makes at most one full-ECS image",
+        details=[
+            {
+                "path": "$.backup_id",
+                "message": f"in use by request {holder.request_id}"
+                + (f" (IMS job {holder.ims_job_id})" if holder.ims_job_id else ""),
+            }
+        ],
+    )

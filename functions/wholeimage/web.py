@@ -1,0 +1,243 @@
+"""The HTTP edge: the only module that knows Flask. Parses, authenticates, maps errors.
+
+Every expected failure is a ``WholeImageError`` and becomes its JSON error body here, in
+``error_response``; anything else propagates so functions-framework answers 500 and the
+platform's error reporting sees it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Request, Response
+
+from wholeimage.bootstrap import Dependencies, get_dependencies
+from wholeimage.errors import (
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    RequestInvalidError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    WholeImageError,
+)
+
+log = logging.getLogger("wholeimage.web")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+JSON_MEDIA_TYPE = "application/json"
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response."""
+    return Response(
+        json.dumps(body, ensure_ascii=False),
+        status=status,
+        headers=headers or {},
+        mimetype=JSON_MEDIA_TYPE,
+    )
+
+
+def error_response(error: WholeImageError) -> Response:
+    """The one mapping from our errors to HTTP."""
+    level = logging.ERROR if error.http_status >= 500 else logging.INFO
+    log.log(level, error.message, extra={"error_code": error.code, "status": error.http_status})
+    return json_response(error.http_status, error.body(), error.headers())
+
+
+def authenticate(request: Request, api_token: str | None) -> None:
+    """Require ``Authorization: Bearer <token>`` when a token is configured.
+
+    Raises:
+        UnauthorizedError: the header is missing or holds another token.
+    """
+    if not api_token:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    # compare_digest on bytes: constant time whatever the presented value holds.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode("utf-8"), api_token.encode("utf-8")
+    ):
+        raise UnauthorizedError("a valid bearer token is required")
+
+
+def read_body(request: Request) -> bytes:
+    """The raw body, refusing more than ``MAX_BODY_BYTES`` without reading it all."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the body is over {MAX_BODY_BYTES} bytes")
+    data = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the body is over {MAX_BODY_BYTES} bytes")
+    return data
+
+
+def parse_json(data: bytes, where: str = "$") -> Any:
+    """Decode a JSON document, or say precisely why not."""
+    if not data.strip():
+        raise RequestInvalidError(
+            "the body is empty", details=[{"path": where, "message": "a JSON object is required"}]
+        )
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise RequestInvalidError(
+            "the body is not UTF-8", details=[{"path": where, "message": "not valid UTF-8"}]
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RequestInvalidError(
+            "the body is not valid JSON",
+            details=[
+                {"path": where, "message": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}
+            ],
+        ) from None
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == JSON_MEDIA_TYPE or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+class Envelope:
+    """A request's payload and who sent it, from plain JSON or a CloudEvent."""
+
+    def __init__(
+        self, payload: Any, *, idempotency_key: str | None, requested_by: str | None
+    ) -> None:
+        self.payload = payload
+        self.idempotency_key = idempotency_key
+        self.requested_by = requested_by
+
+
+def _header_idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        raise RequestInvalidError(
+            "the Idempotency-Key header is invalid",
+            details=[
+                {
+                    "path": "header:Idempotency-Key",
+                    "message": f"1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+                }
+            ],
+        )
+    return key
+
+
+def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
+    from cloudevents.exceptions import GenericException
+    from cloudevents.http import from_http
+
+    try:
+        event = from_http(dict(request.headers), data)
+    except GenericException as exc:
+        raise RequestInvalidError(
+            "the CloudEvent is malformed", details=[{"path": "$", "message": str(exc)[:300]}]
+        ) from None
+    payload = event.get_data()
+    if isinstance(payload, bytes | bytearray | str):
+        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        payload = parse_json(raw, "$.data")
+    source, event_id = str(event["source"]), str(event["id"])
+    key = _header_idempotency_key(request) or f"cloudevent:{source}#{event_id}"
+    return Envelope(payload, idempotency_key=key, requested_by=source)
+
+
+def read_envelope(request: Request) -> Envelope:
+    """Read the body as plain JSON or as a CloudEvent (structured or binary mode)."""
+    data = read_body(request)
+    content_type = request.headers.get("Content-Type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/cloudevents-batch+json":
+        raise UnsupportedMediaTypeError(
+            "batched CloudEvents are not accepted; send one event per request",
+            details=[{"path": "header:Content-Type", "message": media_type}],
+        )
+    if media_type == "application/cloudevents+json" or "ce-specversion" in request.headers:
+        return _cloud_event_envelope(request, data)
+    if not _is_json_media_type(content_type):
+        raise UnsupportedMediaTypeError(
+            "the body must be JSON (Content-Type: application/json) or a CloudEvent",
+            details=[{"path": "header:Content-Type", "message": f"got {media_type or 'nothing'}"}],
+        )
+    key = _header_idempotency_key(request)
+    return Envelope(parse_json(data), idempotency_key=key, requested_by=key)
+
+
+def status_url(request: Request, *, ims_job_id: str | None, request_id: str) -> str:
+    """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``)."""
+    base = request.base_url
+    return f"{base}?job_id={ims_job_id}" if ims_job_id else f"{base}?request_id={request_id}"
+
+
+_MESSAGES = {
+    "SUBMITTED": "IMS accepted the request; the job is tracked until it ends.",
+    "SUBMIT_UNCERTAIN": (
+        "IMS did not answer in time after the request was sent: it may or may not have created the "
+        "job. It was recorded and will not be resubmitted automatically; check IMS before retrying "
+        "with a new idempotency key."
+    ),
+}
+
+
+def handle_create(
+    request: Request, dependencies: Callable[[], Dependencies] = get_dependencies
+) -> Response:
+    """The ``create`` function: POST submits, GET reads a tracked job."""
+    from wholeimage.create import find_job, submit_create
+    from wholeimage.logs import trace_from_header
+    from wholeimage.models import CreateImageRequest
+    from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate
+
+    try:
+        deps = dependencies()
+        api_token = deps.settings.api_token
+        authenticate(request, api_token.get_secret_value() if api_token else None)
+        if request.method == "GET":
+            job_id, request_id = request.args.get("job_id"), request.args.get("request_id")
+            if not job_id and not request_id:
+                raise RequestInvalidError(
+                    "say which job: ?job_id=<IMS job id> or ?request_id=<our request id>",
+                    details=[{"path": "query:job_id", "message": "required"}],
+                )
+            job = find_job(
+                store=deps.store, ims_job_id=job_id or None, request_id=request_id or None
+            )
+            url = status_url(request, ims_job_id=job.ims_job_id, request_id=job.request_id)
+            return json_response(200, job.public_view(url))
+        if request.method != "POST":
+            raise MethodNotAllowedError(request.method, ("GET", "POST"))
+        envelope = read_envelope(request)
+        validate(CREATE_REQUEST_SCHEMA, envelope.payload)
+        body = CreateImageRequest.model_validate(envelope.payload)
+        outcome = submit_create(
+            body,
+            idempotency_key=envelope.idempotency_key,
+            requested_by=envelope.requested_by,
+            trace=trace_from_header(
+                request.headers.get("X-Cloud-Trace-Context"), deps.settings.google_cloud_project
+            ),
+            ims=deps.ims_client(),
+            store=deps.store,
+        )
+    except WholeImageError as error:
+        return error_response(error)
+    job = outcome.job
+    url = status_url(request, ims_job_id=job.ims_job_id, request_id=job.request_id)
+    answer = job.public_view(url)
+    answer["message"] = _MESSAGES.get(job.status.value, "The job is tracked.")
+    headers = {"Location": url}
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(202, answer, headers)

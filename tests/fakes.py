@@ -1,0 +1,59 @@
+"""Hand-written fakes for the ports (preferred over mocks: they behave, and they record)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wholeimage.bootstrap import Dependencies
+from wholeimage.settings import Settings
+from wholeimage.store_sqlite import SqliteJobStore
+
+
+@dataclass
+class FakeImsClient:
+    """An ``ImsClient`` that records submissions and answers from a script.
+
+    ``script`` holds one entry per call: a job id to return, or an exception to raise. When it
+    runs out, job ids are made up.
+    """
+
+    script: list[str | BaseException] = field(default_factory=list)
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    on_submit: Callable[[], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def create_whole_image(self, body: dict[str, Any]) -> str:
+        with self._lock:
+            self.submitted.append(body)
+            step = self.script.pop(0) if self.script else f"{len(self.submitted):032x}"
+        if self.on_submit is not None:
+            self.on_submit()
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.jobs[job_id]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings built from arguments only (the documented pydantic-settings test path)."""
+    values: dict[str, Any] = {"project_id": "0123456789abcdef0123456789abcdef"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_dependencies(
+    tmp_path: Path, ims: FakeImsClient | None = None, **settings_overrides: Any
+) -> Dependencies:
+    """Real SQLite store in ``tmp_path``, fake IMS."""
+    return Dependencies(
+        settings=make_settings(**settings_overrides),
+        store=SqliteJobStore(str(tmp_path / "state.db")),
+        ims=ims or FakeImsClient(),
+    )
