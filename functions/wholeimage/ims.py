@@ -95,6 +95,7 @@ class AkSkAuth(httpx.Auth):
         signed["X-Project-Id"] = self._project_id
         if self._security_token:
             signed["X-Security-Token"] = self._security_token
+        signed = signer.with_content_sha256(signed)  # a non-JSON body is signed as UNSIGNED-PAYLOAD
         request.headers.update(signed)
         request.headers["Authorization"] = signer.authorization_header(
             access_key=self._access_key,

@@ -67,7 +67,7 @@ def with_content_sha256(headers: Mapping[str, str]) -> dict[str, str]:
     result = dict(headers)
     content_type = result.get("Content-Type")
     if content_type and not content_type.startswith(("application/json", "application/bson")):
-        pass
+        result[CONTENT_SHA256_HEADER] = UNSIGNED_PAYLOAD
     return result
 
 
