@@ -1,0 +1,286 @@
+"""Validate request bodies against the JSON Schemas in ``schemas/`` (2020-12, formats asserted).
+
+Every file of the schema folder goes into one ``referencing.Registry`` so cross-file ``$ref``
+works; one compiled validator per schema is built on first use and kept for the process.
+Errors are reported all at once, sorted by JSON path, never as library text alone: a subschema's
+``x-error-message`` annotation replaces the library's message, other keywords are restated as
+their rule, and a missing or unknown member is reported at its own path. Rules a schema cannot
+state (unique tag keys, ``min_ram <= max_ram``) run in the same call, in the same detail format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wholeimage.errors import ConfigurationError, RequestInvalidError
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
+
+SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
+CREATE_REQUEST_SCHEMA = "create-request.schema.json"
+# Annotation keyword of our schemas: a human message replacing the library's for that subschema.
+ERROR_MESSAGE_KEYWORD = "x-error-message"
+
+# Members that ValidationError.json_path writes as ".name" rather than "['name']".
+_PLAIN_MEMBER = re.compile("^[a-zA-Z][a-zA-Z0-9_]*$")
+
+_lock = threading.Lock()
+
+
+def schema_dir() -> Path:
+    """Where the schemas are: ``$WHOLEIMAGE_SCHEMA_DIR``, the repo's ``schemas/``, or ``functions/schemas``.
+
+    The second is the checkout layout; the third is a deployment that ships the ``functions/``
+    folder with the schemas copied in.
+    """
+    # Read here rather than in Settings: the schema folder is a packaging fact, needed before
+    # any cloud setting is, and validation must work with no cloud configured at all.
+    explicit = os.environ.get(SCHEMA_DIR_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir.parent.parent / "schemas", package_dir.parent / "schemas"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigurationError(
+        f"no schema folder found; set {SCHEMA_DIR_VARIABLE} to the folder holding {CREATE_REQUEST_SCHEMA}"
+    )
+
+
+def load_schemas(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every ``*.json`` schema of ``directory`` by file name."""
+    return {
+        path.name: json.loads(path.read_text("utf-8")) for path in sorted(directory.glob("*.json"))
+    }
+
+
+@cache
+def validator_for(schema_name: str) -> Draft202012Validator:
+    """The compiled validator for one schema file, built once per process."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    with _lock:
+        schemas = load_schemas(schema_dir())
+        if schema_name not in schemas:
+            raise ConfigurationError(f"schema {schema_name} is missing from {SCHEMA_DIR_VARIABLE}")
+        registry: Registry[Any] = Registry().with_resources(
+            (document.get("$id", name), Resource.from_contents(document))
+            for name, document in schemas.items()
+        )
+        return Draft202012Validator(
+            schemas[schema_name],
+            registry=registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
+
+
+def _member_path(base: str, member: str | int) -> str:
+    """``base`` extended by one member, spelt as ``ValidationError.json_path`` spells it."""
+    if isinstance(member, int):
+        return f"{base}[{member}]"
+    if _PLAIN_MEMBER.match(member):
+        return f"{base}.{member}"
+    escaped = member.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{base}['{escaped}']"
+
+
+def _custom_message(error: ValidationError) -> str | None:
+    """The schema's own ``x-error-message`` for ``error``, if the failing subschema has one.
+
+    ``error.schema`` is the subschema holding the keyword that failed: the object around a
+    ``not``, ``anyOf``, ``oneOf`` or ``required``, the target of a ``$ref``. A ``false`` schema
+    has no room for a message, so the schemas spell forbidden members as ``{"not": {}}``.
+    """
+    schema = error.schema
+    if isinstance(schema, Mapping):
+        message = schema.get(ERROR_MESSAGE_KEYWORD)
+        if isinstance(message, str):
+            return message
+    return None
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "an object",
+    "array": "an array",
+    "null": "null",
+}
+
+
+def _type_rule(expected: Any) -> str:
+    names = [expected] if isinstance(expected, str) else list(expected)
+    return "must be " + " or ".join(_TYPE_NAMES.get(name, name) for name in names)
+
+
+def _length_rule(bound: str, unit: str) -> Callable[[Any], str]:
+    return lambda limit: f"must be {bound} {limit} {unit}{'' if limit == 1 else 's'}"
+
+
+# The library's messages start by repeating the offending value (a whole body, for a body of
+# the wrong type); these say the rule instead, and the detail's path says where.
+_RULES: dict[str, Callable[[Any], str]] = {
+    "type": _type_rule,
+    "minLength": lambda limit: (
+        "must not be empty" if limit == 1 else f"must be at least {limit} characters"
+    ),
+    "maxLength": _length_rule("at most", "character"),
+    "minItems": _length_rule("at least", "item"),
+    "maxItems": _length_rule("at most", "item"),
+    "uniqueItems": lambda _: "must not hold the same item twice",
+    "minimum": lambda limit: f"must be at least {limit}",
+    "maximum": lambda limit: f"must be at most {limit}",
+    "enum": lambda choices: "must be one of " + ", ".join(json.dumps(each) for each in choices),
+    "const": lambda value: f"must be {json.dumps(value)}",
+    "format": lambda name: f"must be a valid {name}",
+}
+
+
+def _message(error: ValidationError) -> str:
+    """The schema's own message, else the rule the keyword states, else the library's."""
+    custom = _custom_message(error)
+    if custom is not None:
+        return custom
+    rule = _RULES.get(str(error.validator))
+    if rule is not None:
+        return rule(error.validator_value)
+    if error.validator in ("oneOf", "anyOf") and len(error.message) >= 300:
+        return "no alternative matches"
+    return error.message
+
+
+def _describe(error: ValidationError) -> list[dict[str, str]]:
+    """One detail per failing field: members that are missing or unknown get their own path."""
+    custom = _custom_message(error)
+    instance = error.instance
+    if (
+        error.validator == "required"
+        and isinstance(error.validator_value, list)
+        and isinstance(instance, Mapping)
+    ):
+        # The library reports a missing member at its parent ("$"); naming the member itself
+        # tells the caller which field to add. One error per missing member, hence the dedupe.
+        return [
+            {"path": _member_path(error.json_path, name), "message": custom or "is required"}
+            for name in error.validator_value
+            if name not in instance
+        ]
+    if (
+        error.validator == "additionalProperties"
+        and error.validator_value is False
+        and isinstance(instance, Mapping)
+        and isinstance(error.schema, Mapping)
+    ):
+        known = error.schema.get("properties", {})
+        patterns = error.schema.get("patternProperties", {})
+        expected = ", ".join(sorted(known))
+        return [
+            {
+                "path": _member_path(error.json_path, name),
+                "message": custom or f"is not a known field; the fields are {expected}",
+            }
+            for name in instance
+            if name not in known and not any(re.search(pattern, name) for pattern in patterns)
+        ]
+    return [{"path": error.json_path, "message": _message(error)}]
+
+
+def _duplicate_keys(keys: Iterable[tuple[str, str]], what: str) -> Iterator[dict[str, str]]:
+    """A detail for every (path, key) whose key an earlier pair already used."""
+    first_seen: dict[str, str] = {}
+    for path, key in keys:
+        if key in first_seen:
+            yield {
+                "path": path,
+                "message": f"duplicate {what} key {key!r}; {first_seen[key]} already uses it",
+            }
+        else:
+            first_seen[key] = path
+
+
+def _tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    tags = body.get("tags")
+    if isinstance(tags, list):
+        for index, tag in enumerate(tags):
+            if isinstance(tag, str):
+                # "key.value": the first dot separates, and a tag without a dot is all key.
+                yield _member_path("$.tags", index), tag.partition(".")[0]
+
+
+def _image_tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    image_tags = body.get("image_tags")
+    if isinstance(image_tags, list):
+        for index, tag in enumerate(image_tags):
+            if isinstance(tag, Mapping) and isinstance(tag.get("key"), str):
+                yield _member_path(_member_path("$.image_tags", index), "key"), tag["key"]
+
+
+def _as_integer(validator: Draft202012Validator, value: object) -> int | None:
+    """``value`` as an int when the schema's "integer" accepts it (1024 and 1024.0, not True)."""
+    if isinstance(value, int | float) and validator.is_type(value, "integer"):
+        return int(value)
+    return None
+
+
+def _create_request_problems(
+    validator: Draft202012Validator, body: Any
+) -> Iterator[dict[str, str]]:
+    """What the create schema cannot say: unique tag keys and ``min_ram <= max_ram``.
+
+    Each rule only looks at values of the type the schema wants; a value of the wrong type
+    is already reported by the schema.
+    """
+    if not isinstance(body, Mapping):
+        return
+    yield from _duplicate_keys(_tag_keys(body), "tag")
+    yield from _duplicate_keys(_image_tag_keys(body), "image_tags")
+    min_ram = _as_integer(validator, body.get("min_ram"))
+    max_ram = _as_integer(validator, body.get("max_ram"))
+    if min_ram is not None and max_ram is not None and min_ram > max_ram:
+        yield {
+            "path": "$.min_ram",
+            "message": f"min_ram ({min_ram} MB) must not be greater than max_ram ({max_ram} MB)",
+        }
+
+
+_CrossChecks = Callable[["Draft202012Validator", Any], Iterable[dict[str, str]]]
+
+# Checks run in the same validate() call as the schema, per schema file.
+_CROSS_CHECKS: dict[str, _CrossChecks] = {CREATE_REQUEST_SCHEMA: _create_request_problems}
+
+
+def validate(schema_name: str, instance: Any) -> None:
+    """Raise ``RequestInvalidError`` naming every failing field of ``instance``.
+
+    Schema errors and the schema's cross-field checks are reported together, one detail
+    (``path`` as a JSON path, ``message``) per problem, sorted by path.
+    """
+    validator = validator_for(schema_name)
+    found: list[dict[str, str]] = []
+    for error in validator.iter_errors(instance):
+        found.extend(_describe(error))
+    cross_checks = _CROSS_CHECKS.get(schema_name)
+    if cross_checks is not None:
+        found.extend(cross_checks(validator, instance))
+    if not found:
+        return
+    details: list[dict[str, str]] = []
+    for detail in sorted(found, key=lambda each: (each["path"], each["message"])):
+        if detail not in details:
+            details.append(detail)
+    count = len(details)
+    raise RequestInvalidError(
+        f"the request body is invalid: {count} problem{'s' if count != 1 else ''}",
+        details=details,
+    )
