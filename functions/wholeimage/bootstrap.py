@@ -63,8 +63,9 @@ def build_ims_client(settings: Settings) -> ImsClient:
     )
     project_id = settings.require_project_id()
     auth: httpx.Auth
-    if settings.access_key is not None or settings.secret_key is not None:
-        if settings.access_key is None or settings.secret_key is None:
+    # An empty variable counts as not set (a SecretStr of "" is falsy), as for the API token.
+    if settings.access_key or settings.secret_key:
+        if not settings.access_key or not settings.secret_key:
             raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
         auth = AkSkAuth(
             settings.access_key.get_secret_value(),
@@ -72,7 +73,7 @@ def build_ims_client(settings: Settings) -> ImsClient:
             project_id,
             settings.security_token.get_secret_value() if settings.security_token else None,
         )
-    elif settings.auth_token is not None:
+    elif settings.auth_token:
         auth = StaticTokenAuth(settings.auth_token.get_secret_value())
     elif settings.iam_user and settings.iam_password and settings.iam_domain:
         if endpoints.iam is None:

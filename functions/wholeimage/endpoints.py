@@ -49,12 +49,13 @@ def resolve_endpoints(
     derived_iam: str | None = None
     if region:
         if cloud == "otc":
-            if region not in _OTC_REGIONS:
+            if region in _OTC_REGIONS:
+                derived_ims, derived_iam = _OTC_REGIONS[region]
+            elif not ims_endpoint:  # an explicit endpoint wins: then there is nothing to derive
                 raise ConfigurationError(
                     f"WHOLEIMAGE_REGION {region!r} is not an Open Telekom Cloud region "
                     f"({', '.join(_OTC_REGIONS)}); set WHOLEIMAGE_IMS_ENDPOINT instead"
                 )
-            derived_ims, derived_iam = _OTC_REGIONS[region]
         elif cloud == "huaweicloud":
             derived_ims = f"https://ims.{region}.myhuaweicloud.com"
             derived_iam = f"https://iam.{region}.myhuaweicloud.com"

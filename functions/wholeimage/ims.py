@@ -131,6 +131,9 @@ class _CachedToken:
 class IamPasswordAuth(httpx.Auth):
     """Obtain a project-scoped IAM token with user/password/domain, cache it until near expiry."""
 
+    # The flow parses IAM's answer; a real transport streams it, so httpx must read it first.
+    requires_response_body = True
+
     iam_endpoint: str
     user: str
     password: str
@@ -198,9 +201,11 @@ class IamPasswordAuth(httpx.Auth):
         if response.status_code == 401:
             # Tokens are revoked early when a password or permission changes: fetch once more.
             with self._lock:
-                if self._cached is not None and self._cached.value == token:
+                if self._cached is None or self._cached.value == token:
                     self._cached = None
                     token = self._remember((yield self._token_request()))
+                else:
+                    token = self._cached.value  # another thread has refreshed it meanwhile
             request.headers["X-Auth-Token"] = token
             yield request
 
@@ -246,6 +251,8 @@ def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if moment.tzinfo is None:  # "-0000" (RFC 5322): UTC
+        moment = moment.replace(tzinfo=UTC)
     return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
 
 
@@ -276,6 +283,15 @@ def shared_ssl_context() -> ssl.SSLContext:
 
             _SHARED_SSL_CONTEXT = ssl.create_default_context(cafile=certifi.where())
         return _SHARED_SSL_CONTEXT
+
+
+def _failed_on(exc: httpx.TransportError, path: str) -> bool:
+    """Whether ``exc`` happened on the request to ``path``, not on one the auth sent before it."""
+    try:
+        failed = exc.request
+    except RuntimeError:  # unknown: assume the worst
+        return True
+    return failed.url.path.endswith(path)
 
 
 class _Retryable(Exception):
@@ -390,7 +406,8 @@ class HttpImsClient:
             # Nothing reached IMS: always safe to try again.
             raise _Retryable(None, {"error": type(exc).__name__}) from exc
         except httpx.TransportError as exc:
-            if idempotent:
+            if idempotent or not _failed_on(exc, path):
+                # Retrying is safe, or what failed was another request (IAM's token) first.
                 raise _Retryable(None, {"error": type(exc).__name__}) from exc
             raise UpstreamTimeoutError(
                 "IMS did not answer after the request was sent; it may have been accepted",

@@ -23,7 +23,7 @@ TRACE_KEY = "logging.googleapis.com/trace"
 _CREDENTIAL_PATTERNS = [
     re.compile(r"(Access=)[^,\s]+"),
     re.compile(r"(Signature=)[0-9a-fA-F]+"),
-    re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"),  # a token, not the word "token"
     re.compile(r"(?i)(x-auth-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"),
     re.compile(r"(?i)(x-security-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"),
 ]

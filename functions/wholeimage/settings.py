@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
 
+def _field_named(loc: str) -> str | None:
+    """The field an error location stands for: pydantic reports an aliased field by its alias."""
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        aliases = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else [alias]
+        if loc == name or loc in aliases:
+            return name
+    return None
+
+
 def _variable_name(field_name: str) -> str:
     field = Settings.model_fields[field_name]
     alias = field.validation_alias
@@ -112,8 +122,9 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field_name = str(error["loc"][0]) if error["loc"] else ""
-            name = _variable_name(field_name) if field_name in Settings.model_fields else field_name
+            loc = str(error["loc"][0]) if error["loc"] else ""
+            field_name = _field_named(loc)
+            name = _variable_name(field_name) if field_name else loc
             # error["msg"] never holds the offending value; "input" might, so it is left out.
             problems.append(f"{name}: {error['msg']}")
         raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up and run every check: lint, format, types, tests. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-venv.sh requirements-dev.txt
+echo "== ruff check";  .venv/bin/ruff check .
+echo "== ruff format"; .venv/bin/ruff format --check .
+echo "== mypy";        .venv/bin/mypy
+echo "== pytest";      .venv/bin/pytest "$@"
