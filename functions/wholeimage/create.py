@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from wholeimage.errors import (
     IdempotencyKeyReusedError,
@@ -23,9 +24,11 @@ from wholeimage.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from wholeimage.ims import ImsClient
 from wholeimage.models import CreateImageRequest, Job, JobStatus
-from wholeimage.store import JobStore
+
+if TYPE_CHECKING:
+    from wholeimage.ims import ImsClient
+    from wholeimage.store import JobStore
 
 log = logging.getLogger("wholeimage.create")
 

@@ -7,8 +7,10 @@ queue on the database lock instead of failing half-way.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -63,6 +65,28 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_poll_at) WHERE status IN ({OUT
 """
 
 
+WAL_SWITCH_TIMEOUT = 30.0
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch the file to WAL, taking turns with other connections switching it at once.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked"
+    at once, without calling the busy handler, when another connection holds a lock it could
+    deadlock with (another first start switching the same file, a writer of the file still in
+    rollback mode): so retry until the usual 30 s timeout.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(random.uniform(0.005, 0.05))
+
+
 class SqliteJobStore:
     """``JobStore`` over one SQLite file."""
 
@@ -82,7 +106,7 @@ class SqliteJobStore:
                 self._path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(connection)
             # NORMAL is durable against process crashes in WAL mode; FULL costs 5x (performance.md).
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
