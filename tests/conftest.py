@@ -13,7 +13,10 @@ def isolate_environment() -> Iterator[None]:
     """Snapshot and restore os.environ, so settings set by one test never leak into another."""
     saved = dict(os.environ)
     for name in list(os.environ):
-        if name.startswith(("WHOLEIMAGE_", "HUAWEICLOUD_SDK_")) and name != "WHOLEIMAGE_TEST_POSTGRES_URL":
+        if (
+            name.startswith(("WHOLEIMAGE_", "HUAWEICLOUD_SDK_"))
+            and name != "WHOLEIMAGE_TEST_POSTGRES_URL"
+        ):
             del os.environ[name]
     yield
     os.environ.clear()

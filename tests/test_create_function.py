@@ -28,7 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "functions" / "main.py")
 VALID = ROOT / "tests" / "data" / "create" / "valid"
 ECS_BODY = {"name": "web01-full", "instance_id": "877a2cda-ba63-4e1e-b95f-e67e48b6129a"}
-BACKUP_BODY = {"name": "from-cbr", "backup_id": "9b27efab-4a17-4c06-bfa2-3e0cf021d3c3", "whole_image_type": "CBR"}
+BACKUP_BODY = {
+    "name": "from-cbr",
+    "backup_id": "9b27efab-4a17-4c06-bfa2-3e0cf021d3c3",
+    "whole_image_type": "CBR",
+}
 
 
 @pytest.fixture
@@ -46,12 +50,14 @@ def deps(tmp_path: Path, ims: FakeImsClient) -> Iterator[Dependencies]:
 
 
 @pytest.fixture
-def client(deps: Dependencies) -> FlaskClient:
+def client(deps: Dependencies):
     return create_app("create", MAIN).test_client()
 
 
 def post_json(client: FlaskClient, body: Any, **headers: str) -> Any:
-    return client.post("/", data=json.dumps(body), headers={"Content-Type": "application/json", **headers})
+    return client.post(
+        "/", data=json.dumps(body), headers={"Content-Type": "application/json", **headers}
+    )
 
 
 def seed_bodies() -> list[Path]:
@@ -115,7 +121,9 @@ def assert_nothing_happened(deps: Dependencies, ims: FakeImsClient) -> None:
     ],
     ids=["empty", "blank", "not-json", "not-utf8", "text-plain", "no-content-type", "form"],
 )
-def test_unreadable_bodies_are_400_with_a_path_and_change_nothing(client, deps, ims, data, content_type, path):
+def test_unreadable_bodies_are_400_with_a_path_and_change_nothing(
+    client, deps, ims, data, content_type, path
+):
     headers = {"Content-Type": content_type} if content_type else {}
     response = client.post("/", data=data, headers=headers)
     assert response.status_code == 400
@@ -165,7 +173,9 @@ def test_a_cloudevent_in_either_mode_submits_its_data(client, ims, mode):
 
 
 @pytest.mark.parametrize("mode", [to_structured, to_binary], ids=["structured", "binary"])
-def test_a_redelivered_cloudevent_is_answered_from_the_record_without_a_new_submission(client, ims, mode):
+def test_a_redelivered_cloudevent_is_answered_from_the_record_without_a_new_submission(
+    client, ims, mode
+):
     headers, body = mode(make_event(ECS_BODY))
     first = client.post("/", data=body, headers=headers)
     again = client.post("/", data=body, headers=headers)
@@ -184,7 +194,9 @@ def test_a_cloudevent_with_invalid_data_names_the_field(client, deps, ims):
 
 def test_a_malformed_cloudevent_is_400(client, ims):
     response = client.post(
-        "/", data=b'{"specversion": "1.0", "data": {}}', headers={"Content-Type": "application/cloudevents+json"}
+        "/",
+        data=b'{"specversion": "1.0", "data": {}}',
+        headers={"Content-Type": "application/cloudevents+json"},
     )
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_request"
@@ -236,12 +248,20 @@ def test_a_second_request_for_a_backup_with_a_job_is_409_before_ims_is_called(cl
             400,
             "ims_rejected",
         ),
-        (UpstreamAuthError("IMS refused wholeimage's credentials (401)", upstream={"status": 401}), 502, "upstream_auth_failed"),
+        (
+            UpstreamAuthError(
+                "IMS refused wholeimage's credentials (401)", upstream={"status": 401}
+            ),
+            502,
+            "upstream_auth_failed",
+        ),
         (UpstreamUnavailableError("IMS is throttling", retry_after=7), 503, "upstream_unavailable"),
     ],
     ids=["ims-400", "ims-401", "ims-503"],
 )
-def test_ims_failures_map_to_statuses_and_leave_nothing_recorded(client, deps, ims, failure, status, code):
+def test_ims_failures_map_to_statuses_and_leave_nothing_recorded(
+    client, deps, ims, failure, status, code
+):
     ims.script.append(failure)
     response = post_json(client, BACKUP_BODY, **{"Idempotency-Key": "k1"})
     assert response.status_code == status
@@ -281,7 +301,9 @@ def token_client(tmp_path: Path, ims: FakeImsClient) -> Iterator[FlaskClient]:
 @pytest.mark.parametrize(
     "authorization", [None, "Bearer wrong", "Basic czNjcmV0", "Bearer ", "s3cret-caller-token"]
 )
-def test_with_a_token_configured_calls_without_it_are_401_and_do_nothing(token_client, ims, authorization):
+def test_with_a_token_configured_calls_without_it_are_401_and_do_nothing(
+    token_client, ims, authorization
+):
     headers = {"Authorization": authorization} if authorization is not None else {}
     post = post_json(token_client, ECS_BODY, **headers)
     get = token_client.get("/?job_id=x", headers=headers)
@@ -303,7 +325,10 @@ def test_log_lines_are_json_for_cloud_logging_without_secrets(client, caplog):
         post_json(
             client,
             ECS_BODY,
-            **{"Idempotency-Key": "trace-me", "X-Cloud-Trace-Context": "105445aa7843bc8bf206b12000100000/1;o=1"},
+            **{
+                "Idempotency-Key": "trace-me",
+                "X-Cloud-Trace-Context": "105445aa7843bc8bf206b12000100000/1;o=1",
+            },
         )
         logging.getLogger("wholeimage.test").info("leak AKSECRETVALUE123 and sk-very-secret?")
     lines = [json.loads(formatter.format(record)) for record in caplog.records]

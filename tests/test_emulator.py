@@ -708,7 +708,7 @@ def test_the_admin_routes_drive_the_emulator_from_another_process(
 def test_the_command_line_prints_its_url_and_stops_on_sigterm() -> None:
     command = [sys.executable, "-m", "wholeimage.emulator", "--port", "0", "--job-seconds", "1"]
     # Our own module with fixed arguments.
-    with subprocess.Popen(command, cwd=FUNCTIONS_DIR, stdout=subprocess.PIPE, text=True) as process:  # noqa: S603
+    with subprocess.Popen(command, cwd=FUNCTIONS_DIR, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline().strip()

@@ -232,7 +232,7 @@ def test_importing_the_modules_reads_no_settings() -> None:
     env = {**os.environ, "WHOLEIMAGE_CLOUD": "aws", "PYTHONPATH": str(REPO / "functions")}
 
     # When
-    finished = subprocess.run(  # noqa: S603 (our own interpreter on a fixed program)
+    finished = subprocess.run(
         [sys.executable, "-c", program],
         check=False,
         env=env,

@@ -215,7 +215,7 @@ def test_the_partial_indexes_exist(store, db_path):
     [
         DUE_JOBS_QUERY,
         DUE_JOBS_QUERY.replace("ORDER BY", "AND next_poll_at <= ? ORDER BY") + " LIMIT 10",
-        f"SELECT request_id FROM jobs WHERE status IN ({OUTSTANDING_SQL}) "  # noqa: S608
+        f"SELECT request_id FROM jobs WHERE status IN ({OUTSTANDING_SQL}) "
         "AND next_poll_at <= ? ORDER BY next_poll_at LIMIT 10",
     ],
     ids=["all-due", "due-by-now", "due-by-now-from-outstanding-sql"],
@@ -237,7 +237,7 @@ def test_the_backup_index_refuses_a_second_blocking_job_even_behind_the_stores_b
 
     with closing(sqlite3.connect(db_path)) as connection, pytest.raises(sqlite3.IntegrityError):
         connection.execute(
-            f"INSERT INTO jobs ({columns}) VALUES (?, ?, '{{}}', ?, ?, 'SUBMITTED', 0, 0)",  # noqa: S608
+            f"INSERT INTO jobs ({columns}) VALUES (?, ?, '{{}}', ?, ?, 'SUBMITTED', 0, 0)",
             (second.request_id, second.request_fingerprint, "cbr", second.source_id),
         )
 
