@@ -24,3 +24,11 @@ def create(request: Request) -> Response:
     from wholeimage.web import handle_create
 
     return handle_create(request)
+
+
+@functions_framework.http
+def check(request: Request) -> Response:
+    """Poll the due IMS jobs once (scheduled: Cloud Scheduler, CronJob, timer, CloudEvent)."""
+    from wholeimage.web import handle_check
+
+    return handle_check(request)

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import httpx
+
     from wholeimage.ims import ImsClient
+    from wholeimage.poller import JobPoller
     from wholeimage.settings import Settings
     from wholeimage.store import JobStore
 
@@ -29,79 +32,141 @@ class Dependencies:
     settings: Settings
     store: JobStore
     ims: ImsClient | None = None
+    poller: JobPoller | None = None
+    _connection: ImsConnection | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _ims_connection(self) -> ImsConnection:
+        if self._connection is None:
+            self._connection = ImsConnection.from_settings(self.settings)
+        return self._connection
 
     def ims_client(self) -> ImsClient:
         """The IMS client, built from the settings on first use."""
         with self._lock:
             if self.ims is None:
-                self.ims = build_ims_client(self.settings)
+                self.ims = self._ims_connection().client(self.settings)
             return self.ims
+
+    def job_poller(self) -> JobPoller:
+        """The async job poller for ``check``, built from the settings on first use."""
+        with self._lock:
+            if self.poller is None:
+                self.poller = self._ims_connection().poller(self.settings)
+            return self.poller
+
+
+@dataclass
+class ImsConnection:
+    """Where IMS is and how we authenticate: shared by the create client and the check poller."""
+
+    base_url: str
+    project_id: str
+    auth: httpx.Auth
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImsConnection:
+        """Resolve the endpoint and pick the credentials, in the documented order."""
+        from wholeimage.endpoints import resolve_endpoints
+        from wholeimage.errors import ConfigurationError
+        from wholeimage.ims import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+
+        endpoints = resolve_endpoints(
+            cloud=settings.cloud,
+            region=settings.region,
+            ims_endpoint=settings.ims_endpoint,
+            iam_endpoint=settings.iam_endpoint,
+        )
+        project_id = settings.require_project_id()
+        auth: httpx.Auth
+        # An empty variable counts as not set (a SecretStr of "" is falsy), as for the API token.
+        if settings.access_key or settings.secret_key:
+            if not settings.access_key or not settings.secret_key:
+                raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
+            auth = AkSkAuth(
+                settings.access_key.get_secret_value(),
+                settings.secret_key.get_secret_value(),
+                project_id,
+                settings.security_token.get_secret_value() if settings.security_token else None,
+            )
+        elif settings.auth_token:
+            auth = StaticTokenAuth(settings.auth_token.get_secret_value())
+        elif settings.iam_user and settings.iam_password and settings.iam_domain:
+            if endpoints.iam is None:
+                raise ConfigurationError(
+                    "IAM endpoint unknown: set WHOLEIMAGE_IAM_ENDPOINT or WHOLEIMAGE_REGION"
+                )
+            auth = IamPasswordAuth(
+                iam_endpoint=endpoints.iam,
+                user=settings.iam_user,
+                password=settings.iam_password.get_secret_value(),
+                domain=settings.iam_domain,
+                project_id=project_id,
+            )
+        else:
+            raise ConfigurationError(
+                "no IMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
+                "(+ HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or WHOLEIMAGE_AUTH_TOKEN, "
+                "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN"
+            )
+        return cls(base_url=endpoints.ims, project_id=project_id, auth=auth)
+
+    def _sync_http(self, settings: Settings) -> httpx.Client:
+        import httpx
+
+        from wholeimage.ims import USER_AGENT, shared_ssl_context
+
+        return httpx.Client(
+            base_url=self.base_url,
+            auth=self.auth,
+            timeout=httpx.Timeout(settings.ims_timeout, connect=min(10.0, settings.ims_timeout)),
+            verify=shared_ssl_context(),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def client(self, settings: Settings) -> ImsClient:
+        """The synchronous client ``create`` uses, with bounded retries."""
+        from wholeimage.ims import HttpImsClient, RetryPolicy
+
+        retry = RetryPolicy(
+            max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget
+        )
+        return HttpImsClient(self._sync_http(settings), project_id=self.project_id, retry=retry)
+
+    def poller(self, settings: Settings) -> JobPoller:
+        """The async poller ``check`` uses: per-worker clients, one rate limiter."""
+        import httpx
+
+        from wholeimage.check import async_client_factory
+        from wholeimage.ims import USER_AGENT, IamPasswordAuth, StaticTokenAuth, shared_ssl_context
+        from wholeimage.poller import JobPoller, RateLimiter
+
+        base_url, sync_auth = self.base_url, self.auth
+
+        def auth_for_a_worker() -> httpx.Auth:
+            if isinstance(sync_auth, IamPasswordAuth):
+                token = sync_auth.current_token(
+                    lambda: httpx.Client(verify=shared_ssl_context(), timeout=settings.ims_timeout)
+                )
+                return StaticTokenAuth(token)
+            return sync_auth
+
+        return JobPoller(
+            project_id=self.project_id,
+            client_factory=async_client_factory(
+                base_url=base_url,
+                auth=auth_for_a_worker,
+                timeout=settings.ims_timeout,
+                verify=shared_ssl_context(),
+                user_agent=USER_AGENT,
+            ),
+            limiter=RateLimiter(settings.ims_rate_limit),
+        )
 
 
 def build_ims_client(settings: Settings) -> ImsClient:
     """An ``HttpImsClient`` for the configured endpoint and credentials."""
-    import httpx
-
-    from wholeimage.endpoints import resolve_endpoints
-    from wholeimage.errors import ConfigurationError
-    from wholeimage.ims import (
-        USER_AGENT,
-        AkSkAuth,
-        HttpImsClient,
-        IamPasswordAuth,
-        RetryPolicy,
-        StaticTokenAuth,
-        shared_ssl_context,
-    )
-
-    endpoints = resolve_endpoints(
-        cloud=settings.cloud,
-        region=settings.region,
-        ims_endpoint=settings.ims_endpoint,
-        iam_endpoint=settings.iam_endpoint,
-    )
-    project_id = settings.require_project_id()
-    auth: httpx.Auth
-    # An empty variable counts as not set (a SecretStr of "" is falsy), as for the API token.
-    if settings.access_key or settings.secret_key:
-        if not settings.access_key or not settings.secret_key:
-            raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
-        auth = AkSkAuth(
-            settings.access_key.get_secret_value(),
-            settings.secret_key.get_secret_value(),
-            project_id,
-            settings.security_token.get_secret_value() if settings.security_token else None,
-        )
-    elif settings.auth_token:
-        auth = StaticTokenAuth(settings.auth_token.get_secret_value())
-    elif settings.iam_user and settings.iam_password and settings.iam_domain:
-        if endpoints.iam is None:
-            raise ConfigurationError(
-                "IAM endpoint unknown: set WHOLEIMAGE_IAM_ENDPOINT or WHOLEIMAGE_REGION"
-            )
-        auth = IamPasswordAuth(
-            iam_endpoint=endpoints.iam,
-            user=settings.iam_user,
-            password=settings.iam_password.get_secret_value(),
-            domain=settings.iam_domain,
-            project_id=project_id,
-        )
-    else:
-        raise ConfigurationError(
-            "no IMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
-            "(+ HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or WHOLEIMAGE_AUTH_TOKEN, "
-            "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN"
-        )
-    http = httpx.Client(
-        base_url=endpoints.ims,
-        auth=auth,
-        timeout=httpx.Timeout(settings.ims_timeout, connect=min(10.0, settings.ims_timeout)),
-        verify=shared_ssl_context(),
-        headers={"User-Agent": USER_AGENT},
-    )
-    retry = RetryPolicy(max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget)
-    return HttpImsClient(http, project_id=project_id, retry=retry)
+    return ImsConnection.from_settings(settings).client(settings)
 
 
 _dependencies: Dependencies | None = None

@@ -189,6 +189,22 @@ class IamPasswordAuth(httpx.Auth):
             return cached.value
         return None
 
+    def current_token(self, client_factory: Callable[[], httpx.Client]) -> str:
+        """A valid token, fetched with a new client when needed (for async callers, see below).
+
+        The flow below holds a thread lock across its token request, which would deadlock two
+        coroutines on one event loop; async pollers take a token from here first and send it
+        as a ``StaticTokenAuth`` (valid for 30 minutes more, far longer than a tick).
+        """
+        with self._lock:
+            token = self._valid_token()
+            if token is None:
+                with client_factory() as client:
+                    response = client.send(self._token_request())
+                    response.read()
+                token = self._remember(response)
+            return token
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Use the cached token; fetch one first when there is none or it is near expiry."""
         # The lock spans the token fetch so concurrent threads fetch one token, not one each.

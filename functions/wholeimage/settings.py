@@ -10,7 +10,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wholeimage.errors import ConfigurationError
@@ -51,6 +58,14 @@ class Settings(BaseSettings):
     ims_max_attempts: int = Field(default=4, ge=1, le=10)
     ims_retry_budget: float = Field(default=20.0, ge=0)
 
+    # check: the adaptive poll schedule, deadline, and the size and length of one tick.
+    poll_min_interval: float = Field(default=15.0, ge=0)
+    poll_max_interval: float = Field(default=300.0, ge=0)
+    job_deadline: float = Field(default=3 * 3600.0, gt=0)
+    check_time_budget: float = Field(default=120.0, gt=0)
+    check_concurrency: int = Field(default=16, ge=1, le=512)
+    ims_rate_limit: float = Field(default=20.0, ge=0)  # IMS queries per second; 0 = unlimited
+
     # State and callers.
     state_url: str = DEFAULT_STATE_URL
     api_token: SecretStr | None = None
@@ -78,6 +93,14 @@ class Settings(BaseSettings):
         if value is not None and not all(part.isalnum() for part in value.split("-")):
             raise ValueError("must look like eu-de or ap-southeast-1")
         return value
+
+    @model_validator(mode="after")
+    def _poll_interval_order(self) -> Settings:
+        if self.poll_min_interval > self.poll_max_interval:
+            raise ValueError(
+                "WHOLEIMAGE_POLL_MIN_INTERVAL must not exceed WHOLEIMAGE_POLL_MAX_INTERVAL"
+            )
+        return self
 
     def require_project_id(self) -> str:
         """The project id, or a ``ConfigurationError`` naming both variables."""

@@ -9,6 +9,12 @@ Contract of a ``JobStore`` (each method is one transaction):
 - ``mark_submitted`` / ``mark_uncertain`` move a ``SUBMITTING`` job on; ``discard`` deletes a
   ``SUBMITTING`` job whose submission IMS definitely refused, so nothing is left behind.
 - ``get`` / ``get_by_ims_job_id`` read one job.
+- ``claim_due`` leases up to ``limit`` outstanding jobs whose next poll is due and whose lease
+  (if any) has expired, earliest first; concurrent claims never return the same job.
+- ``record_polls`` applies poll outcomes in one transaction, each only while the caller still
+  holds that job's lease and the job is outstanding: an end is recorded exactly once. It
+  returns the updates it applied.
+- ``count_outstanding`` / ``next_due_at`` summarise what is left.
 """
 
 from __future__ import annotations
@@ -60,6 +66,72 @@ BACKUP_BLOCKING_SQL = status_list(BACKUP_BLOCKING)
 
 
 @dataclass(frozen=True)
+class PollUpdate:
+    """What one poll (or a release without a poll) does to one leased job."""
+
+    request_id: str
+    status: JobStatus
+    at: datetime
+    next_poll_at: datetime | None
+    process_percent: float | None = None
+    image_id: str | None = None
+    error_code: str | None = None
+    fail_reason: str | None = None
+    ended_at: datetime | None = None
+    queried: bool = True  # False when the job is handed back unpolled
+
+    @classmethod
+    def progress(
+        cls,
+        job: Job,
+        *,
+        status: JobStatus,
+        at: datetime,
+        process_percent: float | None,
+        next_poll_at: datetime,
+    ) -> PollUpdate:
+        """Still outstanding: poll again at ``next_poll_at``."""
+        return cls(job.request_id, status, at, next_poll_at, process_percent=process_percent)
+
+    @classmethod
+    def end(
+        cls,
+        job: Job,
+        *,
+        status: JobStatus,
+        at: datetime,
+        image_id: str | None = None,
+        process_percent: float | None = None,
+        error_code: str | None = None,
+        fail_reason: str | None = None,
+    ) -> PollUpdate:
+        """The job reached ``SUCCESS``, ``FAIL`` or ``TIMED_OUT``."""
+        return cls(
+            job.request_id,
+            status,
+            at,
+            None,
+            process_percent=process_percent,
+            image_id=image_id,
+            error_code=error_code,
+            fail_reason=fail_reason,
+            ended_at=at,
+        )
+
+    @classmethod
+    def release(cls, job: Job, *, at: datetime) -> PollUpdate:
+        """Hand the job back unpolled, due as before."""
+        return cls(
+            job.request_id,
+            job.status,
+            at,
+            job.next_poll_at,
+            process_percent=job.process_percent,
+            queried=False,
+        )
+
+
+@dataclass(frozen=True)
 class Reservation:
     """The outcome of ``reserve``: the job now on record and whether this call created it."""
 
@@ -94,6 +166,24 @@ class JobStore(Protocol):
 
     def get_by_ims_job_id(self, ims_job_id: str) -> Job | None:
         """One job by IMS's job id."""
+        ...
+
+    def claim_due(
+        self, *, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Job]:
+        """Lease due outstanding jobs to ``owner`` until ``lease_until``."""
+        ...
+
+    def record_polls(self, updates: list[PollUpdate], *, owner: str) -> list[PollUpdate]:
+        """Apply poll outcomes of jobs leased by ``owner``; return those applied."""
+        ...
+
+    def count_outstanding(self) -> int:
+        """How many jobs are waiting for a verdict."""
+        ...
+
+    def next_due_at(self) -> datetime | None:
+        """When the earliest outstanding job is due."""
         ...
 
     def close(self) -> None:
@@ -163,6 +253,21 @@ def row_to_job(row: dict[str, Any]) -> Job:
         deadline_at=from_epoch(row["deadline_at"]),
         trace=row["trace"],
     )
+
+
+def poll_update_values(update: PollUpdate) -> dict[str, Any]:
+    """The columns a poll update sets (the lease is cleared by the adapter)."""
+    return {
+        "status": update.status.value,
+        "process_percent": update.process_percent,
+        "error_code": update.error_code,
+        "fail_reason": update.fail_reason,
+        "ended_at": to_epoch(update.ended_at),
+        "next_poll_at": to_epoch(update.next_poll_at),
+        "updated_at": to_epoch(update.at),
+        "queried": 1 if update.queried else 0,
+        "image_id": update.image_id,
+    }
 
 
 def open_store(state_url: str) -> JobStore:

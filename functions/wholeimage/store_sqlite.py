@@ -23,8 +23,11 @@ from wholeimage.store import (
     BACKUP_BLOCKING_SQL,
     JOB_COLUMNS,
     OUTSTANDING_SQL,
+    PollUpdate,
     Reservation,
+    from_epoch,
     job_to_row,
+    poll_update_values,
     row_to_job,
     to_epoch,
 )
@@ -87,6 +90,17 @@ def _enable_wal(connection: sqlite3.Connection) -> None:
         time.sleep(random.uniform(0.005, 0.05))
 
 
+# Conditional on the lease and on the job being outstanding: an end is recorded exactly once.
+_RECORD_POLL = (
+    "UPDATE jobs SET status = :status, process_percent = :process_percent, "
+    "image_id = COALESCE(:image_id, image_id), error_code = :error_code, "
+    "fail_reason = :fail_reason, ended_at = :ended_at, next_poll_at = :next_poll_at, "
+    "updated_at = :updated_at, poll_attempts = poll_attempts + :queried, "
+    "lease_owner = NULL, lease_expires_at = NULL "
+    f"WHERE request_id = :request_id AND lease_owner = :owner AND status IN ({OUTSTANDING_SQL})"
+)
+
+
 class SqliteJobStore:
     """``JobStore`` over one SQLite file."""
 
@@ -146,7 +160,7 @@ class SqliteJobStore:
 
     def _fetch(self, connection: sqlite3.Connection, where: str, *params: Any) -> Job | None:
         row = connection.execute(
-            f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE {where}",  # noqa: S608 (fixed SQL)
+            f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE {where}",
             params,
         ).fetchone()
         return row_to_job(dict(row)) if row is not None else None
@@ -170,7 +184,7 @@ class SqliteJobStore:
             row = job_to_row(job)
             placeholders = ", ".join("?" for _ in row)
             connection.execute(
-                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({placeholders})",  # noqa: S608
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({placeholders})",
                 tuple(row.values()),
             )
         return Reservation(job=job, created=True)
@@ -179,7 +193,7 @@ class SqliteJobStore:
         assignments = ", ".join(f"{column} = ?" for column in changes)
         with self._write() as connection:
             connection.execute(
-                f"UPDATE jobs SET {assignments} WHERE request_id = ? AND status = ?",  # noqa: S608
+                f"UPDATE jobs SET {assignments} WHERE request_id = ? AND status = ?",
                 (*changes.values(), request_id, expected.value),
             )
             job = self._fetch(connection, "request_id = ?", request_id)
@@ -226,6 +240,56 @@ class SqliteJobStore:
     def get_by_ims_job_id(self, ims_job_id: str) -> Job | None:
         """See ``JobStore.get_by_ims_job_id``."""
         return self._fetch(self._connection(), "ims_job_id = ?", ims_job_id)
+
+    def claim_due(
+        self, *, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Job]:
+        """See ``JobStore.claim_due``."""
+        moment = to_epoch(now)
+        with self._write() as connection:
+            rows = connection.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs "
+                f"WHERE status IN ({OUTSTANDING_SQL}) AND next_poll_at <= ? "
+                "AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
+                "ORDER BY next_poll_at LIMIT ?",
+                (moment, moment, limit),
+            ).fetchall()
+            connection.executemany(
+                "UPDATE jobs SET lease_owner = ?, lease_expires_at = ? WHERE request_id = ?",
+                [(owner, to_epoch(lease_until), row["request_id"]) for row in rows],
+            )
+        return [row_to_job(dict(row)) for row in rows]
+
+    def record_polls(self, updates: list[PollUpdate], *, owner: str) -> list[PollUpdate]:
+        """See ``JobStore.record_polls``."""
+        applied: list[PollUpdate] = []
+        with self._write() as connection:
+            for update in updates:
+                values = poll_update_values(update)
+                cursor = connection.execute(
+                    _RECORD_POLL, {**values, "request_id": update.request_id, "owner": owner}
+                )
+                if cursor.rowcount == 1:
+                    applied.append(update)
+        return applied
+
+    def count_outstanding(self) -> int:
+        """See ``JobStore.count_outstanding``."""
+        row = (
+            self._connection()
+            .execute(f"SELECT COUNT(*) FROM jobs WHERE status IN ({OUTSTANDING_SQL})")
+            .fetchone()
+        )
+        return int(row[0])
+
+    def next_due_at(self) -> datetime | None:
+        """See ``JobStore.next_due_at``."""
+        row = (
+            self._connection()
+            .execute(f"SELECT MIN(next_poll_at) FROM jobs WHERE status IN ({OUTSTANDING_SQL})")
+            .fetchone()
+        )
+        return from_epoch(row[0])
 
     def close(self) -> None:
         """Close every thread's connection."""

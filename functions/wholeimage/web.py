@@ -54,17 +54,21 @@ def error_response(error: WholeImageError) -> Response:
 def authenticate(request: Request, api_token: str | None) -> None:
     """Require ``Authorization: Bearer <token>`` when a token is configured.
 
+    ``X-Api-Token: <token>`` is accepted too.
+
     Raises:
         UnauthorizedError: the header is missing or holds another token.
     """
     if not api_token:
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
+    # X-Api-Token serves callers whose Authorization header already carries the platform's
+    # own OIDC token (Cloud Scheduler, Pub/Sub push to a private Cloud Run service).
+    presented = request.headers.get("X-Api-Token")
+    if presented is None:
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        presented = bearer if scheme.lower() == "bearer" else ""
     # compare_digest on bytes: constant time whatever the presented value holds.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode("utf-8"), api_token.encode("utf-8")
-    ):
+    if not hmac.compare_digest(presented.strip().encode("utf-8"), api_token.encode("utf-8")):
         raise UnauthorizedError("a valid bearer token is required")
 
 
@@ -241,3 +245,37 @@ def handle_create(
     if outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(202, answer, headers)
+
+
+def handle_check(
+    request: Request, dependencies: Callable[[], Dependencies] = get_dependencies
+) -> Response:
+    """The ``check`` function: one tick over the due jobs, whatever triggered it.
+
+    Cloud Scheduler (HTTP), a Pub/Sub push or other CloudEvent, a Kubernetes CronJob or a
+    FunctionGraph timer all work: the body is read (bounded) and otherwise ignored.
+    """
+    from wholeimage.check import check_config_from_settings, run_check_sync
+
+    try:
+        deps = dependencies()
+        api_token = deps.settings.api_token
+        authenticate(request, api_token.get_secret_value() if api_token else None)
+        if request.method not in ("GET", "POST"):
+            raise MethodNotAllowedError(request.method, ("POST", "GET"))
+        read_body(request)
+        summary = run_check_sync(
+            store=deps.store,
+            poller=deps.job_poller(),
+            config=check_config_from_settings(deps.settings),
+        )
+    except WholeImageError as error:
+        return error_response(error)
+    log.info(
+        "check called",
+        extra={
+            "scheduler_job": request.headers.get("X-CloudScheduler-JobName"),
+            "schedule_time": request.headers.get("X-CloudScheduler-ScheduleTime"),
+        },
+    )
+    return json_response(200, summary.as_json())

@@ -1,0 +1,319 @@
+"""The ``check`` use case: poll the jobs that are due, move them along, record their ends.
+
+One tick:
+
+1. claims due jobs in batches (a lease with an owner and an expiry, so overlapping ticks never
+   poll or end the same job; a crashed tick's leases expire and its jobs are taken up again);
+2. polls them concurrently, ``concurrency`` workers, one rate limiter for the IMS account;
+3. records each outcome in the store, conditional on still holding the lease: an end is
+   recorded once, in the transaction that also hands it to notification;
+4. stops claiming when its time budget is spent, leaving the rest to the next tick.
+
+Transient errors never fail a job: they reschedule it. A job past its deadline is queried once
+more and, without a verdict, ends as ``TIMED_OUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from wholeimage.models import ENDED, Job, JobStatus
+from wholeimage.poller import JobPoller, PollResult
+from wholeimage.schedule import PollSchedule
+from wholeimage.store import JobStore, PollUpdate
+
+if TYPE_CHECKING:
+    from wholeimage.settings import Settings
+
+log = logging.getLogger("wholeimage.check")
+
+# IMS may not know a job id for a moment right after it was issued (eventual consistency).
+NOT_FOUND_GRACE = timedelta(minutes=2)
+# Past its deadline, a job whose queries keep failing ends after this much more time.
+UNREACHABLE_GRACE = timedelta(minutes=30)
+JOB_NOT_FOUND_CODE = "WHOLEIMAGE.JOB_NOT_FOUND"
+TIMED_OUT_CODE = "WHOLEIMAGE.TIMED_OUT"
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """How one tick behaves."""
+
+    schedule: PollSchedule = field(default_factory=PollSchedule)
+    job_deadline: timedelta = timedelta(hours=3)
+    time_budget: float = 120.0  # seconds; Cloud Scheduler gives up on a call after 180 s
+    concurrency: int = 16
+    batch_size: int = 256
+    lease: timedelta = timedelta(minutes=5)  # longer than the budget plus one IMS timeout
+
+
+def check_config_from_settings(settings: Settings) -> CheckConfig:
+    """The tick's configuration from ``WHOLEIMAGE_POLL_*``, ``WHOLEIMAGE_JOB_DEADLINE`` etc."""
+    budget = settings.check_time_budget
+    return CheckConfig(
+        schedule=PollSchedule(settings.poll_min_interval, settings.poll_max_interval),
+        job_deadline=timedelta(seconds=settings.job_deadline),
+        time_budget=budget,
+        concurrency=settings.check_concurrency,
+        # A lease outlives the budget plus one IMS timeout, so no live tick loses its jobs.
+        lease=timedelta(seconds=budget + settings.ims_timeout + 60),
+    )
+
+
+@dataclass
+class CheckSummary:
+    """What one tick did; its JSON form is ``check``'s answer."""
+
+    owner: str
+    polled: int = 0
+    ended: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    still_outstanding: int = 0
+    next_due_at: datetime | None = None
+    budget_exhausted: bool = False
+    aborted: str | None = None
+    lost_leases: int = 0
+    duration_s: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """The answer body."""
+        return {
+            "owner": self.owner,
+            "polled": self.polled,
+            "ended": dict(self.ended),
+            "errors": dict(self.errors),
+            "still_outstanding": self.still_outstanding,
+            "next_due_at": self.next_due_at.isoformat() if self.next_due_at else None,
+            "budget_exhausted": self.budget_exhausted,
+            "aborted": self.aborted,
+            "lost_leases": self.lost_leases,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def decide(
+    job: Job, result: PollResult, *, now: datetime, config: CheckConfig, rng: random.Random
+) -> PollUpdate:
+    """The pure decision: what one poll result does to one job."""
+    submitted_at = job.submitted_at or job.created_at
+    deadline = job.deadline_at or submitted_at + config.job_deadline
+    next_poll = config.schedule.next_poll_at(submitted_at=submitted_at, now=now, rng=rng)
+    report = result.report
+    if result.outcome == "report" and report is not None:
+        if report.ended:
+            return PollUpdate.end(
+                job,
+                status=report.status or JobStatus.FAIL,
+                at=now,
+                image_id=report.image_id,
+                process_percent=report.process_percent if report.status is JobStatus.FAIL else 1.0,
+                error_code=report.error_code if report.status is JobStatus.FAIL else None,
+                fail_reason=report.fail_reason if report.status is JobStatus.FAIL else None,
+            )
+        if now >= deadline:
+            return PollUpdate.end(
+                job,
+                status=JobStatus.TIMED_OUT,
+                at=now,
+                process_percent=report.process_percent,
+                error_code=TIMED_OUT_CODE,
+                fail_reason=(
+                    f"no verdict within {config.job_deadline}; IMS last said "
+                    f"{report.raw_status or 'nothing'}"
+                ),
+            )
+        return PollUpdate.progress(
+            job,
+            # An unknown or missing status is never an end; keep what we knew.
+            status=report.status or job.status,
+            at=now,
+            process_percent=report.process_percent,
+            next_poll_at=next_poll,
+        )
+    if result.outcome == "not_found" and now - submitted_at >= NOT_FOUND_GRACE:
+        return PollUpdate.end(
+            job,
+            status=JobStatus.FAIL,
+            at=now,
+            error_code=JOB_NOT_FOUND_CODE,
+            fail_reason=f"IMS does not know job {job.ims_job_id} ({result.detail})",
+        )
+    if now >= deadline + UNREACHABLE_GRACE:
+        return PollUpdate.end(
+            job,
+            status=JobStatus.TIMED_OUT,
+            at=now,
+            error_code=TIMED_OUT_CODE,
+            fail_reason=f"no verdict within {config.job_deadline}; IMS queries kept failing ({result.detail})",
+        )
+    # Transient, throttled, rejected, auth or not-found-yet: try again later, never fail the job.
+    if result.retry_after is not None:
+        next_poll = max(next_poll, now + timedelta(seconds=result.retry_after))
+    if now >= deadline:
+        next_poll = now + timedelta(seconds=max(config.schedule.min_interval, 1.0))
+    return PollUpdate.progress(
+        job, status=job.status, at=now, process_percent=job.process_percent, next_poll_at=next_poll
+    )
+
+
+class _Tick:
+    """The state of one running tick: a claim loop feeding workers, updates flushed in batches."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        poller: JobPoller,
+        config: CheckConfig,
+        now: Callable[[], datetime],
+        rng: random.Random,
+        summary: CheckSummary,
+    ) -> None:
+        self.store = store
+        self.poller = poller
+        self.config = config
+        self.now = now
+        self.rng = rng
+        self.summary = summary
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self.updates: list[PollUpdate] = []
+        self.abort = asyncio.Event()
+
+    async def worker(self) -> None:
+        client = self.poller.new_client()
+        try:
+            while (job := await self.queue.get()) is not None:
+                if self.abort.is_set():
+                    self.updates.append(PollUpdate.release(job, at=self.now()))
+                    continue
+                result = await self.poller.query(client, job.ims_job_id or "")
+                self.summary.polled += 1
+                if result.outcome != "report":
+                    self.summary.errors[result.outcome] += 1
+                if result.outcome == "auth" and not self.abort.is_set():
+                    # Every other query would fail the same way: stop, and say why.
+                    self.summary.aborted = f"IMS refused our credentials: {result.detail}"
+                    self.abort.set()
+                self.updates.append(
+                    decide(job, result, now=self.now(), config=self.config, rng=self.rng)
+                )
+        finally:
+            await client.aclose()
+
+    def flush(self) -> None:
+        if not self.updates:
+            return
+        batch, self.updates = self.updates, []
+        applied = self.store.record_polls(batch, owner=self.summary.owner)
+        self.summary.lost_leases += len(batch) - len(applied)
+        for update in applied:
+            if update.status in ENDED:
+                self.summary.ended[update.status.value] += 1
+
+    async def feed(self, stop_claiming_at: float, monotonic: Callable[[], float]) -> None:
+        """Claim due jobs while there are some and time is left; keep the queue short."""
+        while not self.abort.is_set():
+            if monotonic() >= stop_claiming_at:
+                self.summary.budget_exhausted = True
+                return
+            if self.queue.qsize() >= self.config.concurrency * 2:
+                self.flush()
+                await asyncio.sleep(0.005)
+                continue
+            moment = self.now()
+            claimed = self.store.claim_due(
+                now=moment,
+                owner=self.summary.owner,
+                lease_until=moment + self.config.lease,
+                limit=self.config.batch_size,
+            )
+            self.flush()
+            if not claimed:
+                return
+            for job in claimed:
+                self.queue.put_nowait(job)
+            await asyncio.sleep(0)
+
+    def hand_back_unstarted(self) -> None:
+        """Release what was claimed but not started, so the next tick has it at once."""
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if job is not None:
+                self.updates.append(PollUpdate.release(job, at=self.now()))
+
+
+async def run_check(
+    *,
+    store: JobStore,
+    poller: JobPoller,
+    config: CheckConfig,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    monotonic: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    owner: str | None = None,
+) -> CheckSummary:
+    """Run one tick; see the module docstring."""
+    summary = CheckSummary(owner=owner or f"check-{uuid.uuid4().hex[:12]}")
+    tick = _Tick(
+        store=store,
+        poller=poller,
+        config=config,
+        now=now,
+        rng=rng or random.Random(),
+        summary=summary,
+    )
+    started = monotonic()
+    workers = [asyncio.create_task(tick.worker()) for _ in range(max(1, config.concurrency))]
+    try:
+        await tick.feed(started + config.time_budget, monotonic)
+        if summary.budget_exhausted or tick.abort.is_set():
+            tick.hand_back_unstarted()
+    finally:
+        for _ in workers:
+            tick.queue.put_nowait(None)
+        await asyncio.gather(*workers, return_exceptions=True)
+        tick.flush()
+    summary.still_outstanding = store.count_outstanding()
+    summary.next_due_at = store.next_due_at()
+    summary.duration_s = monotonic() - started
+    log.info("check tick done", extra={"summary": summary.as_json()})
+    return summary
+
+
+def run_check_sync(**kwargs: Any) -> CheckSummary:
+    """``run_check`` from synchronous code (an HTTP handler thread, a CLI)."""
+    return asyncio.run(run_check(**kwargs))
+
+
+def async_client_factory(
+    *,
+    base_url: str,
+    auth: Callable[[], httpx.Auth],
+    timeout: float,
+    verify: Any,
+    user_agent: str,
+) -> Callable[[], httpx.AsyncClient]:
+    """Build per-worker clients: one connection each, one shared SSL context."""
+
+    def factory() -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=base_url,
+            auth=auth(),
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            verify=verify,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            headers={"User-Agent": user_agent},
+        )
+
+    return factory

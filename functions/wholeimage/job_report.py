@@ -1,0 +1,115 @@
+"""Reading IMS's answer to a job query (ims-api.md §2.1), defensively.
+
+IMS returns every field as a possibly-null string; times come as ISO 8601 with milliseconds and
+``Z`` (``2024-11-06T06:28:14.425Z``) or, in older deployments, ``04-Jun-2015 18:11:06:586``;
+``end_time`` is empty while a job runs. An unknown or missing status is *not* an end: it never
+counts as success.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from wholeimage.models import JobStatus
+
+IMS_STATUSES = {
+    "INIT": JobStatus.INIT,
+    "RUNNING": JobStatus.RUNNING,
+    "SUCCESS": JobStatus.SUCCESS,
+    "FAIL": JobStatus.FAIL,
+}
+
+_OLD_FORMAT = re.compile(r"^(\d{2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2})(?::(\d{1,6}))?$")
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
+
+
+def parse_ims_time(value: Any) -> datetime | None:
+    """A UTC datetime from either IMS time format; None for null, empty or unreadable values."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    old = _OLD_FORMAT.match(text)
+    if old:
+        day, month, year, hour, minute, second, millis = old.groups()
+        if month.title() not in _MONTHS:
+            return None
+        try:
+            return datetime(
+                int(year),
+                _MONTHS[month.title()],
+                int(day),
+                int(hour),
+                int(minute),
+                int(second),
+                int((millis or "0").ljust(3, "0")[:3]) * 1000,
+                tzinfo=UTC,
+            )
+        except ValueError:
+            return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    # IMS documents its times as UTC; a naive value is taken as UTC too.
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _percent(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    # IMS reports a fraction (0.24) in job progress; clamp whatever arrives to [0, 1].
+    return min(max(number, 0.0), 1.0) if number == number else None  # noqa: PLR0124 (NaN check)
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What one job query said; ``status`` is None when IMS said something we do not know."""
+
+    status: JobStatus | None
+    raw_status: str | None
+    image_id: str | None
+    process_percent: float | None
+    error_code: str | None
+    fail_reason: str | None
+    begin_time: datetime | None
+    end_time: datetime | None
+
+    @property
+    def ended(self) -> bool:
+        """True only for IMS's two verdicts."""
+        return self.status in (JobStatus.SUCCESS, JobStatus.FAIL)
+
+
+def parse_job_report(payload: dict[str, Any]) -> JobReport:
+    """Read a ``GET /v1/{project_id}/jobs/{job_id}`` answer."""
+    raw_status = _text(payload.get("status"))
+    entities = payload.get("entities")
+    entities = entities if isinstance(entities, dict) else {}
+    return JobReport(
+        status=IMS_STATUSES.get(raw_status.upper()) if raw_status else None,
+        raw_status=raw_status,
+        image_id=_text(entities.get("image_id")),
+        process_percent=_percent(entities.get("process_percent")),
+        error_code=_text(payload.get("error_code")),
+        fail_reason=_text(payload.get("fail_reason")),
+        begin_time=parse_ims_time(payload.get("begin_time")),
+        end_time=parse_ims_time(payload.get("end_time")),
+    )

@@ -1,0 +1,144 @@
+"""Querying many IMS jobs at once: an async job query, one rate limiter per IMS account.
+
+Each poll is a single attempt: a failure never fails a job, it only reschedules it (the
+``check`` use case decides). The answer is classified into a ``PollResult``:
+
+- ``report``: IMS answered 200 with a job;
+- ``not_found``: IMS answered 404 (a clear terminal error after a grace period);
+- ``throttled``: 429 or ``IMG.0060`` flow control; the limiter pauses every worker;
+- ``transient``: timeouts, resets, 5xx;
+- ``auth``: 401/403, our credentials are wrong: polling more is pointless;
+- ``rejected``: another 4xx.
+
+Workers use one small ``httpx.AsyncClient`` each, all sharing one SSL context: one shared
+connection pool costs 5-10x the CPU per request at this fan-out (performance.md, "Polling
+fan-out"), which would make the client, not IMS, the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from wholeimage.ims import FLOW_CONTROL_CODE, retry_after_seconds, upstream_code_and_message
+from wholeimage.job_report import JobReport, parse_job_report
+
+PollOutcome = Literal["report", "not_found", "throttled", "transient", "auth", "rejected"]
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One job query's outcome; ``report`` is set only for ``outcome == "report"``."""
+
+    outcome: PollOutcome
+    report: JobReport | None = None
+    retry_after: float | None = None
+    detail: str | None = None
+
+
+class RateLimiter:
+    """A token bucket shared by all workers polling one IMS account, pausable on 429.
+
+    ``rate`` is requests per second (0 = unlimited); ``burst`` tokens may be spent at once.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._clock = clock
+        self._tokens = self.burst
+        self._updated = clock()
+        self._paused_until = 0.0
+        self.pauses = 0
+
+    def pause(self, seconds: float) -> None:
+        """Stop everyone for ``seconds`` (IMS said 429 / flow control)."""
+        until = self._clock() + max(seconds, 0.0)
+        if until > self._paused_until:
+            self._paused_until = until
+            self.pauses += 1
+
+    def delay_needed(self) -> float:
+        """Seconds to wait before a request may go; 0 means take a token now."""
+        now = self._clock()
+        if now < self._paused_until:
+            return self._paused_until - now
+        if self.rate <= 0:
+            return 0.0
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent."""
+        # Single-threaded event loop: check-and-take is atomic between awaits.
+        while (delay := self.delay_needed()) > 0:
+            await asyncio.sleep(delay)
+
+
+class JobPoller:
+    """``GET /v1/{project_id}/jobs/{job_id}`` over async clients that carry our auth."""
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        client_factory: Callable[[], httpx.AsyncClient],
+        limiter: RateLimiter,
+        default_backoff: float = 30.0,
+    ) -> None:
+        self._project_id = project_id
+        self._client_factory = client_factory
+        self.limiter = limiter
+        self._default_backoff = default_backoff
+
+    def new_client(self) -> httpx.AsyncClient:
+        """One client per worker (see the module docstring)."""
+        return self._client_factory()
+
+    async def query(self, client: httpx.AsyncClient, job_id: str) -> PollResult:
+        """Query one job once and classify the answer."""
+        await self.limiter.acquire()
+        try:
+            response = await client.get(f"/v1/{self._project_id}/jobs/{job_id}")
+        except httpx.TransportError as exc:
+            return PollResult("transient", detail=type(exc).__name__)
+        return self._classify(response)
+
+    def _classify(self, response: httpx.Response) -> PollResult:  # noqa: PLR0911 (one return per outcome)
+        status = response.status_code
+        if status == 200:
+            try:
+                payload: Any = response.json()
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                return PollResult("transient", detail="IMS answered 200 without a JSON object")
+            return PollResult("report", report=parse_job_report(payload))
+        code, message = upstream_code_and_message(response)
+        detail = f"{status} {code or ''} {message or ''}".strip()
+        if status == 429 or code == FLOW_CONTROL_CODE:
+            wait = retry_after_seconds(response)
+            wait = wait if wait is not None else self._default_backoff
+            self.limiter.pause(wait)
+            return PollResult("throttled", retry_after=wait, detail=detail)
+        if status == 404:
+            return PollResult("not_found", detail=detail)
+        if status in (401, 403):
+            return PollResult("auth", detail=detail)
+        if status >= 500:
+            return PollResult("transient", retry_after=retry_after_seconds(response), detail=detail)
+        return PollResult("rejected", detail=detail)
