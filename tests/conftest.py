@@ -21,3 +21,75 @@ def isolate_environment() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+STORE_KINDS = ["sqlite", "postgres"]
+
+
+def postgres_base_url() -> str:
+    return os.environ.get("WHOLEIMAGE_TEST_POSTGRES_URL", DEFAULT_TEST_POSTGRES_URL)
+
+
+def _postgres_reachable(url: str) -> str | None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return None
+    except psycopg.OperationalError as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server tests use. In CI it must be there: a missing server fails, never skips."""
+    url = postgres_base_url()
+    problem = _postgres_reachable(url)
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL at {url} (WHOLEIMAGE_TEST_POSTGRES_URL): {problem}")
+        pytest.skip(f"no PostgreSQL at {url} (set WHOLEIMAGE_TEST_POSTGRES_URL): {problem}")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A URL whose connections live in a fresh schema of their own, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in postgres_server else "?"
+    yield f"{postgres_server}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A state URL of the kind the test is parametrized with (``@pytest.mark.parametrize("store_kind", ...)``
+    or the ``store_kind`` fixture below)."""
+    kind = request.getfixturevalue("store_kind")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs once per store: SQLite and PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store(state_url: str) -> Iterator[object]:
+    """An opened ``JobStore`` of the parametrized kind, closed after the test."""
+    from wholeimage.store import open_store
+
+    opened = open_store(state_url)
+    yield opened
+    opened.close()

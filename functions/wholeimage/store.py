@@ -276,6 +276,8 @@ def open_store(state_url: str) -> JobStore:
         from wholeimage.store_sqlite import SqliteJobStore
 
         return SqliteJobStore(state_url.removeprefix("sqlite:///"))
-    raise ConfigurationError(
-        "WHOLEIMAGE_STATE_URL: only sqlite:///path is supported by this version"
-    )
+    if state_url.startswith(("postgresql://", "postgres://")):
+        from wholeimage.store_postgres import PostgresJobStore
+
+        return PostgresJobStore(state_url)
+    raise ConfigurationError("WHOLEIMAGE_STATE_URL must be sqlite:///path or postgresql://...")
