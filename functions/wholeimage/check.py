@@ -158,10 +158,11 @@ def decide(
             fail_reason=f"no verdict within {config.job_deadline}; IMS queries kept failing ({result.detail})",
         )
     # Transient, throttled, rejected, auth or not-found-yet: try again later, never fail the job.
-    if result.retry_after is not None:
-        next_poll = max(next_poll, now + timedelta(seconds=result.retry_after))
     if now >= deadline:
         next_poll = now + timedelta(seconds=max(config.schedule.min_interval, 1.0))
+    # After the deadline adjustment, so IMS's Retry-After is honoured past the deadline too.
+    if result.retry_after is not None:
+        next_poll = max(next_poll, now + timedelta(seconds=result.retry_after))
     return PollUpdate.progress(
         job, status=job.status, at=now, process_percent=job.process_percent, next_poll_at=next_poll
     )
@@ -189,6 +190,7 @@ class _Tick:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self.updates: list[PollUpdate] = []
         self.abort = asyncio.Event()
+        self.taken: set[str] = set()  # request ids this tick has claimed: each is polled once
 
     async def worker(self) -> None:
         client = self.poller.new_client()
@@ -238,11 +240,21 @@ class _Tick:
                 lease_until=moment + self.config.lease,
                 limit=self.config.batch_size,
             )
+            # A job this tick already polled can be due again at once (a short schedule, or
+            # min = max = 0): hand it back unpolled and stop claiming, or the tick would poll
+            # the same jobs over and over until its budget is spent. The next tick has them.
+            fresh = [job for job in claimed if job.request_id not in self.taken]
+            self.updates.extend(
+                PollUpdate.release(job, at=moment)
+                for job in claimed
+                if job.request_id in self.taken
+            )
             self.flush()
-            if not claimed:
-                return
-            for job in claimed:
+            self.taken.update(job.request_id for job in fresh)
+            for job in fresh:
                 self.queue.put_nowait(job)
+            if not fresh or len(fresh) < len(claimed):
+                return
             await asyncio.sleep(0)
 
     def hand_back_unstarted(self) -> None:
