@@ -326,7 +326,16 @@ def test_past_the_deadline_a_zero_schedule_still_waits_a_second():
     assert seconds_until_next_poll(update, after) == 1
 
 
-@pytest.mark.parametrize("outcome", ["transient", "throttled", "rejected"])
+@pytest.mark.parametrize("outcome", ["auth", "rejected"])
+def test_our_own_wrong_credentials_or_endpoint_never_time_a_job_out(outcome: PollOutcome):
+    # IMS may well have finished the job: once the configuration is fixed, polling finds out.
+    after = CONFIG.job_deadline + UNREACHABLE_GRACE + timedelta(days=1)
+    update = decided(PollResult(outcome, detail="401 APIGW.0301"), after=after)
+    assert update.status is JobStatus.RUNNING
+    assert update.ended_at is None
+
+
+@pytest.mark.parametrize("outcome", ["transient", "throttled"])
 def test_past_the_deadline_plus_the_unreachable_grace_failing_queries_time_the_job_out(
     outcome: PollOutcome,
 ):
@@ -435,6 +444,39 @@ def test_a_404_is_not_found_with_imss_code():
     assert result.outcome == "not_found"
     assert result.detail is not None
     assert "IMG.0023" in result.detail
+
+
+def test_a_404_from_the_gateway_is_a_wrong_endpoint_not_a_lost_job():
+    body = {"error_msg": "no such API", "error_code": "APIGW.0101", "request_id": "r"}
+    result, _ = poll_once(answering(404, body))
+    assert result.outcome == "rejected"
+
+
+def test_a_query_that_would_wait_past_the_budget_is_not_sent():
+    clock = FakeClock()
+    limiter = RateLimiter(20, clock=clock)
+    limiter.pause(60)
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "RUNNING"})
+
+    poller = JobPoller(
+        project_id=PROJECT_ID,
+        client_factory=lambda: httpx.AsyncClient(
+            transport=httpx.MockTransport(handler), base_url="https://ims.test"
+        ),
+        limiter=limiter,
+    )
+
+    async def query() -> PollResult:
+        async with poller.new_client() as client:
+            return await poller.query(client, "b" * 32, max_wait=5)
+
+    result = asyncio.run(query())
+    assert result.outcome == "not_sent"
+    assert seen == []
 
 
 def test_a_429_with_retry_after_is_throttled_and_pauses_every_worker():
@@ -892,6 +934,34 @@ def test_wrong_credentials_abort_the_tick_and_fail_no_job(store, ims, clock):
 
         # Nothing stays leased: a tick with the right key takes every job at once.
         assert tick(good, clock).polled == 5
+
+
+@BOTH_STORES
+def test_a_poller_that_cannot_build_its_clients_aborts_the_tick_and_loses_nothing(
+    store, ims, clock
+):
+    with wired(settings_for(ims), store) as deps:
+        jobs = submit(deps, 3, now=clock.now)
+        clock.advance(20)
+
+        def no_client() -> httpx.AsyncClient:
+            raise RuntimeError("IAM is down")
+
+        broken = JobPoller(
+            project_id=ims.config.project_id, client_factory=no_client, limiter=RateLimiter(0)
+        )
+        summary = run_check_sync(
+            store=store,
+            poller=broken,
+            config=check_config_from_settings(deps.settings),
+            now=clock.now,
+        )
+        assert summary.aborted is not None
+        assert "IAM is down" in summary.aborted
+        assert summary.polled == 0
+        # Every claimed job was handed back unleased and due: the next good tick takes them all.
+        assert tick(deps, clock).polled == 3
+        assert all(recorded(store, job).poll_attempts == 1 for job in jobs)
 
 
 class SpyStore:

@@ -149,7 +149,9 @@ def decide(
             error_code=JOB_NOT_FOUND_CODE,
             fail_reason=f"IMS does not know job {job.ims_job_id} ({result.detail})",
         )
-    if now >= deadline + UNREACHABLE_GRACE:
+    # Only an unreachable IMS times a job out; our own wrong credentials or endpoint (auth,
+    # rejected) never end a job: once fixed, polling resumes and finds the real verdict.
+    if now >= deadline + UNREACHABLE_GRACE and result.outcome in ("transient", "throttled"):
         return PollUpdate.end(
             job,
             status=JobStatus.TIMED_OUT,
@@ -190,28 +192,60 @@ class _Tick:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self.updates: list[PollUpdate] = []
         self.abort = asyncio.Event()
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.stop_claiming_at = float("inf")
         self.taken: set[str] = set()  # request ids this tick has claimed: each is polled once
 
     async def worker(self) -> None:
-        client = self.poller.new_client()
+        try:
+            client = self.poller.new_client()
+        except Exception as exc:  # e.g. IAM refused to issue a token: no query can be made
+            self.stop(f"cannot build an IMS client: {type(exc).__name__}: {exc}")
+            await self.drain()
+            return
         try:
             while (job := await self.queue.get()) is not None:
                 if self.abort.is_set():
                     self.updates.append(PollUpdate.release(job, at=self.now()))
                     continue
-                result = await self.poller.query(client, job.ims_job_id or "")
+                try:
+                    result = await self.poller.query(
+                        client,
+                        job.ims_job_id or "",
+                        max_wait=self.stop_claiming_at - self.monotonic(),
+                    )
+                except Exception as exc:
+                    # A bug must not spin the tick: hand the job back, stop, and say why.
+                    log.exception("poll failed unexpectedly", extra={"request_id": job.request_id})
+                    self.updates.append(PollUpdate.release(job, at=self.now()))
+                    self.stop(f"unexpected error while polling: {type(exc).__name__}")
+                    continue
+                if result.outcome == "not_sent":
+                    # Throttled past this tick's budget: the next tick has it, due as before.
+                    self.updates.append(PollUpdate.release(job, at=self.now()))
+                    continue
                 self.summary.polled += 1
                 if result.outcome != "report":
                     self.summary.errors[result.outcome] += 1
-                if result.outcome == "auth" and not self.abort.is_set():
+                if result.outcome == "auth":
                     # Every other query would fail the same way: stop, and say why.
-                    self.summary.aborted = f"IMS refused our credentials: {result.detail}"
-                    self.abort.set()
+                    self.stop(f"IMS refused our credentials: {result.detail}")
                 self.updates.append(
                     decide(job, result, now=self.now(), config=self.config, rng=self.rng)
                 )
         finally:
             await client.aclose()
+
+    def stop(self, reason: str) -> None:
+        """Abort the tick (first reason wins); unstarted jobs are handed back."""
+        if not self.abort.is_set():
+            self.summary.aborted = reason
+            self.abort.set()
+
+    async def drain(self) -> None:
+        """Hand back every job this worker would have taken, until the end-of-work signal."""
+        while (job := await self.queue.get()) is not None:
+            self.updates.append(PollUpdate.release(job, at=self.now()))
 
     def flush(self) -> None:
         if not self.updates:
@@ -286,9 +320,10 @@ async def run_check(
         summary=summary,
     )
     started = monotonic()
+    tick.monotonic, tick.stop_claiming_at = monotonic, started + config.time_budget
     workers = [asyncio.create_task(tick.worker()) for _ in range(max(1, config.concurrency))]
     try:
-        await tick.feed(started + config.time_budget, monotonic)
+        await tick.feed(tick.stop_claiming_at, monotonic)
         if summary.budget_exhausted or tick.abort.is_set():
             tick.hand_back_unstarted()
     finally:

@@ -8,7 +8,8 @@ Each poll is a single attempt: a failure never fails a job, it only reschedules 
 - ``throttled``: 429 or ``IMG.0060`` flow control; the limiter pauses every worker;
 - ``transient``: timeouts, resets, 5xx;
 - ``auth``: 401/403, our credentials are wrong: polling more is pointless;
-- ``rejected``: another 4xx.
+- ``rejected``: another 4xx, or a 404 from the API gateway (a wrong endpoint, not a lost job);
+- ``not_sent``: the rate limiter would have made the query wait past the caller's budget.
 
 Workers use one small ``httpx.AsyncClient`` each, all sharing one SSL context: one shared
 connection pool costs 5-10x the CPU per request at this fan-out (performance.md, "Polling
@@ -28,7 +29,9 @@ import httpx
 from wholeimage.ims import FLOW_CONTROL_CODE, retry_after_seconds, upstream_code_and_message
 from wholeimage.job_report import JobReport, parse_job_report
 
-PollOutcome = Literal["report", "not_found", "throttled", "transient", "auth", "rejected"]
+PollOutcome = Literal[
+    "report", "not_found", "throttled", "transient", "auth", "rejected", "not_sent"
+]
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,16 @@ class RateLimiter:
             return 0.0
         return (1 - self._tokens) / self.rate
 
-    async def acquire(self) -> None:
-        """Wait until a request may be sent."""
+    async def acquire(self, max_wait: float = float("inf")) -> bool:
+        """Wait until a request may be sent; False (without waiting) if that is past ``max_wait`` s."""
+        waited = 0.0
         # Single-threaded event loop: check-and-take is atomic between awaits.
         while (delay := self.delay_needed()) > 0:
+            if waited + delay > max_wait:
+                return False
             await asyncio.sleep(delay)
+            waited += delay
+        return True
 
 
 class JobPoller:
@@ -109,9 +117,12 @@ class JobPoller:
         """One client per worker (see the module docstring)."""
         return self._client_factory()
 
-    async def query(self, client: httpx.AsyncClient, job_id: str) -> PollResult:
-        """Query one job once and classify the answer."""
-        await self.limiter.acquire()
+    async def query(
+        self, client: httpx.AsyncClient, job_id: str, *, max_wait: float = float("inf")
+    ) -> PollResult:
+        """Query one job once and classify the answer; wait for the limiter at most ``max_wait`` s."""
+        if not await self.limiter.acquire(max_wait):
+            return PollResult("not_sent", detail="rate limited past the time budget")
         try:
             response = await client.get(f"/v1/{self._project_id}/jobs/{job_id}")
         except httpx.TransportError as exc:
@@ -136,6 +147,9 @@ class JobPoller:
             self.limiter.pause(wait)
             return PollResult("throttled", retry_after=wait, detail=detail)
         if status == 404:
+            # IMS says IMG.xxxx for an unknown job; an APIGW code means we called the wrong place.
+            if code and code.startswith("APIGW."):
+                return PollResult("rejected", detail=detail)
             return PollResult("not_found", detail=detail)
         if status in (401, 403):
             return PollResult("auth", detail=detail)
