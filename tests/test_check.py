@@ -18,6 +18,7 @@ import os
 import random
 import re
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -471,8 +472,11 @@ def test_a_query_that_would_wait_past_the_budget_is_not_sent():
     )
 
     async def query() -> PollResult:
-        async with poller.new_client() as client:
+        client = poller.new_client()
+        try:
             return await poller.query(client, "b" * 32, max_wait=5)
+        finally:
+            await client.aclose()
 
     result = asyncio.run(query())
     assert result.outcome == "not_sent"
@@ -1455,3 +1459,38 @@ def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_im
         store.close()
     assert "check tick done" in served.log()
     assert "wholeimage-check" in served.log()  # the scheduler job, logged with the call
+
+
+def test_the_core_poll_client_maps_transport_failures_to_httpx_errors(ims):
+    from wholeimage.ims import StaticTokenAuth
+    from wholeimage.poller import CorePollClient
+
+    # Given a port nobody listens on, and an emulator that answers too slowly
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    ims.inject("job", Fault(delay=2.0))
+
+    async def attempt(base_url: str, timeout: float) -> BaseException | httpx.Response:
+        client = CorePollClient(
+            base_url=base_url,
+            auth=StaticTokenAuth("t"),
+            timeout=timeout,
+            ssl_context=None,
+            user_agent="test",
+        )
+        try:
+            return await client.get(f"/v1/{ims.config.project_id}/jobs/{'c' * 32}")
+        except httpx.TransportError as exc:
+            return exc
+        finally:
+            await client.aclose()
+
+    # Then each failure is an httpx error the poller classifies as transient
+    assert isinstance(
+        asyncio.run(attempt(f"http://127.0.0.1:{closed_port}", 2.0)), httpx.ConnectError
+    )
+    assert isinstance(asyncio.run(attempt(ims.url, 0.3)), httpx.TimeoutException)
+    answer = asyncio.run(attempt(ims.url, 5.0))
+    assert isinstance(answer, httpx.Response)
+    assert answer.status_code == 401  # the emulator answered: it knows no token "t"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from wholeimage.models import ENDED, Job, JobStatus
-from wholeimage.poller import JobPoller, PollResult
+from wholeimage.poller import CorePollClient, JobPoller, PollClient, PollResult
 from wholeimage.schedule import PollSchedule
 from wholeimage.store import JobStore, PollUpdate
 
@@ -350,17 +350,16 @@ def async_client_factory(
     timeout: float,
     verify: Any,
     user_agent: str,
-) -> Callable[[], httpx.AsyncClient]:
+) -> Callable[[], PollClient]:
     """Build per-worker clients: one connection each, one shared SSL context."""
 
-    def factory() -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+    def factory() -> PollClient:
+        return CorePollClient(
             base_url=base_url,
             auth=auth(),
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            verify=verify,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            headers={"User-Agent": user_agent},
+            timeout=timeout,
+            ssl_context=verify,
+            user_agent=user_agent,
         )
 
     return factory

@@ -11,9 +11,13 @@ Each poll is a single attempt: a failure never fails a job, it only reschedules 
 - ``rejected``: another 4xx, or a 404 from the API gateway (a wrong endpoint, not a lost job);
 - ``not_sent``: the rate limiter would have made the query wait past the caller's budget.
 
-Workers use one small ``httpx.AsyncClient`` each, all sharing one SSL context: one shared
-connection pool costs 5-10x the CPU per request at this fan-out (performance.md, "Polling
-fan-out"), which would make the client, not IMS, the bottleneck.
+Workers use one connection each (``CorePollClient``), all sharing one SSL context. Measured
+here (scripts/bench_check.py, 64 workers, 50 ms server latency), the client's CPU per request
+decides the fan-out: one shared pool costs 5-10x (performance.md, "Polling fan-out"), and even
+per-worker ``httpx.AsyncClient`` objects spend about twice the CPU of httpx's own transport core,
+httpcore, driven directly (ratio to the floor 2.0 vs 1.17). So workers send through httpcore,
+signed by the same ``httpx.Auth`` as everything else, and answer ``httpx.Response`` objects;
+any client with ``get(path)`` and ``aclose()`` (an ``httpx.AsyncClient`` in tests) also works.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import httpcore
 import httpx
 
 from wholeimage.ims import FLOW_CONTROL_CODE, retry_after_seconds, upstream_code_and_message
@@ -97,6 +102,69 @@ class RateLimiter:
         return True
 
 
+class PollClient(Protocol):
+    """What a worker needs: ``GET`` a path, and close."""
+
+    async def get(self, url: str) -> httpx.Response:
+        """Send a ``GET`` for ``url`` (relative to the IMS endpoint)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class CorePollClient:
+    """One keep-alive connection to IMS through httpcore, signed by an ``httpx.Auth``.
+
+    The auth must answer in one step (AK/SK signing, a static token): the poller is handed a
+    ready token for IAM auth (see ``bootstrap``).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth: httpx.Auth,
+        timeout: float,
+        ssl_context: Any,
+        user_agent: str,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._auth = auth
+        self._user_agent = user_agent
+        connect = min(10.0, timeout)
+        self._timeouts = {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, max_connections=1)
+
+    async def get(self, url: str) -> httpx.Response:
+        """Send a signed ``GET``; transport failures raise ``httpx`` errors, as httpx would."""
+        request = httpx.Request(
+            "GET", self._base_url + url, headers={"User-Agent": self._user_agent}
+        )
+        request = next(self._auth.sync_auth_flow(request))
+        try:
+            answer = await self._pool.request(
+                "GET",
+                str(request.url),
+                headers=request.headers.raw,
+                extensions={"timeout": self._timeouts},
+            )
+        except httpcore.TimeoutException as exc:
+            raise httpx.TimeoutException(type(exc).__name__, request=request) from exc
+        except httpcore.ConnectError as exc:
+            raise httpx.ConnectError(type(exc).__name__, request=request) from exc
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            raise httpx.TransportError(type(exc).__name__) from exc
+        return httpx.Response(
+            answer.status, headers=answer.headers, content=answer.content, request=request
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        await self._pool.aclose()
+
+
 class JobPoller:
     """``GET /v1/{project_id}/jobs/{job_id}`` over async clients that carry our auth."""
 
@@ -104,7 +172,7 @@ class JobPoller:
         self,
         *,
         project_id: str,
-        client_factory: Callable[[], httpx.AsyncClient],
+        client_factory: Callable[[], PollClient],
         limiter: RateLimiter,
         default_backoff: float = 30.0,
     ) -> None:
@@ -113,12 +181,12 @@ class JobPoller:
         self.limiter = limiter
         self._default_backoff = default_backoff
 
-    def new_client(self) -> httpx.AsyncClient:
+    def new_client(self) -> PollClient:
         """One client per worker (see the module docstring)."""
         return self._client_factory()
 
     async def query(
-        self, client: httpx.AsyncClient, job_id: str, *, max_wait: float = float("inf")
+        self, client: PollClient, job_id: str, *, max_wait: float = float("inf")
     ) -> PollResult:
         """Query one job once and classify the answer; wait for the limiter at most ``max_wait`` s."""
         if not await self.limiter.acquire(max_wait):
