@@ -128,7 +128,8 @@ def test_the_schema_is_created_on_first_use_not_on_construction(tmp_path):
         assert job_store.get("0123456789abcdef0123456789abcdef") is None
 
         assert path.exists()
-        assert query(path, "SELECT name FROM sqlite_master WHERE type = 'table'") == [("jobs",)]
+        tables = query(path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        assert tables == [("jobs",), ("notifications",)]
         assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     finally:
         job_store.close()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from wholeimage.ims import ImsClient
     from wholeimage.poller import JobPoller
+    from wholeimage.results import Channel
     from wholeimage.settings import Settings
     from wholeimage.store import JobStore
 
@@ -33,6 +34,8 @@ class Dependencies:
     store: JobStore
     ims: ImsClient | None = None
     poller: JobPoller | None = None
+    webhooks: httpx.Client | None = None
+    _channels: list[Channel] | None = field(default=None, repr=False)
     _connection: ImsConnection | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -47,6 +50,32 @@ class Dependencies:
             if self.ims is None:
                 self.ims = self._ims_connection().client(self.settings)
             return self.ims
+
+    def channels(self) -> list[Channel]:
+        """The notification channels (configuration only), checked on first use."""
+        with self._lock:
+            if self._channels is None:
+                from wholeimage.logs import register_secrets
+
+                self._channels = self.settings.notification_channels()
+                register_secrets(self.settings.secret_values())
+            return self._channels
+
+    def webhook_http(self) -> httpx.Client:
+        """The client that posts to webhooks: no redirects (they would be misconfiguration)."""
+        with self._lock:
+            if self.webhooks is None:
+                import httpx
+
+                from wholeimage.ims import USER_AGENT, shared_ssl_context
+
+                self.webhooks = httpx.Client(
+                    timeout=httpx.Timeout(15.0, connect=5.0),
+                    verify=shared_ssl_context(),
+                    follow_redirects=False,
+                    headers={"User-Agent": f"{USER_AGENT} (wholeimage notifier)"},
+                )
+            return self.webhooks
 
     def job_poller(self) -> JobPoller:
         """The async job poller for ``check``, built from the settings on first use."""
@@ -138,18 +167,27 @@ class ImsConnection:
         import httpx
 
         from wholeimage.check import async_client_factory
-        from wholeimage.ims import USER_AGENT, IamPasswordAuth, StaticTokenAuth, shared_ssl_context
+        from wholeimage.ims import (
+            USER_AGENT,
+            AkSkAuth,
+            HeaderSigner,
+            IamPasswordAuth,
+            StaticTokenAuth,
+            shared_ssl_context,
+        )
         from wholeimage.poller import JobPoller, RateLimiter
 
         base_url, sync_auth = self.base_url, self.auth
 
-        def auth_for_a_worker() -> httpx.Auth:
+        def auth_for_a_worker() -> HeaderSigner:
             if isinstance(sync_auth, IamPasswordAuth):
                 token = sync_auth.current_token(
                     lambda: httpx.Client(verify=shared_ssl_context(), timeout=settings.ims_timeout)
                 )
                 return StaticTokenAuth(token)
-            return sync_auth
+            if isinstance(sync_auth, AkSkAuth | StaticTokenAuth):
+                return sync_auth
+            raise TypeError(f"cannot poll with {type(sync_auth).__name__}")
 
         return JobPoller(
             project_id=self.project_id,

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from wholeimage.ims import HeaderSigner
 from wholeimage.models import ENDED, Job, JobStatus
 from wholeimage.poller import CorePollClient, JobPoller, PollClient, PollResult
 from wholeimage.schedule import PollSchedule
-from wholeimage.store import JobStore, PollUpdate
+from wholeimage.store import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
     from wholeimage.settings import Settings
@@ -192,6 +191,7 @@ class _Tick:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self.updates: list[PollUpdate] = []
         self.abort = asyncio.Event()
+        self.outbox: Outbox | None = None
         self.monotonic: Callable[[], float] = time.monotonic
         self.stop_claiming_at = float("inf")
         self.taken: set[str] = set()  # request ids this tick has claimed: each is polled once
@@ -251,7 +251,7 @@ class _Tick:
         if not self.updates:
             return
         batch, self.updates = self.updates, []
-        applied = self.store.record_polls(batch, owner=self.summary.owner)
+        applied = self.store.record_polls(batch, owner=self.summary.owner, outbox=self.outbox)
         self.summary.lost_leases += len(batch) - len(applied)
         for update in applied:
             if update.status in ENDED:
@@ -308,8 +308,12 @@ async def run_check(
     monotonic: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     owner: str | None = None,
+    outbox: Outbox | None = None,
 ) -> CheckSummary:
-    """Run one tick; see the module docstring."""
+    """Run one tick; see the module docstring.
+
+    ``outbox`` makes each recorded end write its notification rows in the same transaction.
+    """
     summary = CheckSummary(owner=owner or f"check-{uuid.uuid4().hex[:12]}")
     tick = _Tick(
         store=store,
@@ -321,6 +325,7 @@ async def run_check(
     )
     started = monotonic()
     tick.monotonic, tick.stop_claiming_at = monotonic, started + config.time_budget
+    tick.outbox = outbox
     workers = [asyncio.create_task(tick.worker()) for _ in range(max(1, config.concurrency))]
     try:
         await tick.feed(tick.stop_claiming_at, monotonic)
@@ -346,7 +351,7 @@ def run_check_sync(**kwargs: Any) -> CheckSummary:
 def async_client_factory(
     *,
     base_url: str,
-    auth: Callable[[], httpx.Auth],
+    auth: Callable[[], HeaderSigner],
     timeout: float,
     verify: Any,
     user_agent: str,

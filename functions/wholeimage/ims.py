@@ -65,6 +65,23 @@ class ImsClient(Protocol):
 # --- authentication -------------------------------------------------------------------------
 
 
+class HeaderSigner(Protocol):
+    """An auth that can produce one request's auth headers directly (no ``httpx.Request``)."""
+
+    def signed_headers(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        query: list[tuple[str, str]],
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> dict[str, str]:
+        """The headers that authenticate the request."""
+        ...
+
+
 class AkSkAuth(httpx.Auth):
     """Sign each request with AK/SK (``SDK-HMAC-SHA256``), as the official SDK does."""
 
@@ -84,27 +101,46 @@ class AkSkAuth(httpx.Auth):
         self._security_token = security_token
         self._now = now
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Add the signed headers and the ``Authorization`` header."""
-        signed = {
-            "Host": request.url.netloc.decode("ascii"),
-            "X-Sdk-Date": signer.format_sdk_date(self._now()),
-        }
-        if request.content:
-            signed["Content-Type"] = request.headers.get("Content-Type", JSON_CONTENT_TYPE)
+    def signed_headers(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        query: list[tuple[str, str]],
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> dict[str, str]:
+        """The headers that sign one request, ``Authorization`` included."""
+        signed = {"Host": host, "X-Sdk-Date": signer.format_sdk_date(self._now())}
+        if body:
+            signed["Content-Type"] = content_type or JSON_CONTENT_TYPE
         signed["X-Project-Id"] = self._project_id
         if self._security_token:
             signed["X-Security-Token"] = self._security_token
         signed = signer.with_content_sha256(signed)  # a non-JSON body is signed as UNSIGNED-PAYLOAD
-        request.headers.update(signed)
-        request.headers["Authorization"] = signer.authorization_header(
+        signed["Authorization"] = signer.authorization_header(
             access_key=self._access_key,
             secret_key=self._secret_key,
-            method=request.method,
-            path=request.url.path,
-            query=request.url.params.multi_items(),
+            method=method,
+            path=path,
+            query=query,
             headers=signed,
-            body=request.content,
+            body=body,
+        )
+        return signed
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Add the signed headers and the ``Authorization`` header."""
+        request.headers.update(
+            self.signed_headers(
+                method=request.method,
+                host=request.url.netloc.decode("ascii"),
+                path=request.url.path,
+                query=request.url.params.multi_items(),
+                body=request.content,
+                content_type=request.headers.get("Content-Type"),
+            )
         )
         yield request
 
@@ -114,6 +150,10 @@ class StaticTokenAuth(httpx.Auth):
 
     def __init__(self, token: str) -> None:
         self._token = token
+
+    def signed_headers(self, **_: object) -> dict[str, str]:
+        """The token header (the same for every request)."""
+        return {"X-Auth-Token": self._token}
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Add the token header."""

@@ -15,11 +15,22 @@ Contract of a ``JobStore`` (each method is one transaction):
   holds that job's lease and the job is outstanding: an end is recorded exactly once. It
   returns the updates it applied.
 - ``count_outstanding`` / ``next_due_at`` summarise what is left.
+
+The notification outbox (one row per job verdict and channel, unique):
+
+- ``record_polls(..., outbox=...)`` writes the rows for each end it applies, in the same
+  transaction: an end is never recorded without its notifications, nor notified twice;
+- ``add_notifications`` adds rows for results handed in from outside (duplicates ignored);
+- ``claim_notifications`` leases due ``PENDING`` rows as ``claim_due`` leases jobs;
+- ``settle_notifications`` records each attempt's outcome, only while the lease is held:
+  ``DELIVERED`` (the service confirmed it), ``PENDING`` again later, or ``DEAD``;
+- ``dead_letters`` lists dead rows; ``redrive`` makes them ``PENDING`` and due now.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -131,6 +142,119 @@ class PollUpdate:
         )
 
 
+NOTIFICATION_COLUMNS = (
+    "notification_id",
+    "result_key",
+    "channel",
+    "result_json",
+    "state",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "delivered_at",
+    "message_id",
+    "last_error",
+    "dead_at",
+)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One outbox row: one verdict for one channel."""
+
+    notification_id: str
+    result_key: str
+    channel: str
+    result_json: str
+    state: str  # PENDING | DELIVERED | DEAD
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None = None
+    message_id: str | None = None
+    last_error: str | None = None
+    dead_at: datetime | None = None
+
+    @classmethod
+    def new(cls, *, result_key: str, channel: str, result_json: str, now: datetime) -> Notification:
+        """A ``PENDING`` row, due now; its id is stable for the (verdict, channel) pair."""
+        return cls(
+            notification_id=f"{result_key}.{channel}",
+            result_key=result_key,
+            channel=channel,
+            result_json=result_json,
+            state="PENDING",
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+        )
+
+    def to_row(self) -> dict[str, Any]:
+        """Column values."""
+        return {
+            "notification_id": self.notification_id,
+            "result_key": self.result_key,
+            "channel": self.channel,
+            "result_json": self.result_json,
+            "state": self.state,
+            "attempts": self.attempts,
+            "created_at": to_epoch(self.created_at),
+            "next_attempt_at": to_epoch(self.next_attempt_at),
+            "delivered_at": to_epoch(self.delivered_at),
+            "message_id": self.message_id,
+            "last_error": self.last_error,
+            "dead_at": to_epoch(self.dead_at),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Notification:
+        """A row read back."""
+        return cls(
+            notification_id=row["notification_id"],
+            result_key=row["result_key"],
+            channel=row["channel"],
+            result_json=row["result_json"],
+            state=row["state"],
+            attempts=row["attempts"],
+            created_at=from_epoch(row["created_at"]) or datetime.now(UTC),
+            next_attempt_at=from_epoch(row["next_attempt_at"]) or datetime.now(UTC),
+            delivered_at=from_epoch(row["delivered_at"]),
+            message_id=row["message_id"],
+            last_error=row["last_error"],
+            dead_at=from_epoch(row["dead_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcome of one delivery attempt (or of handing a row back unattempted)."""
+
+    notification_id: str
+    state: str  # DELIVERED | PENDING | DEAD
+    at: datetime
+    next_attempt_at: datetime | None = None  # for PENDING
+    error: str | None = None
+    message_id: str | None = None
+    attempted: bool = True
+
+    def values(self) -> dict[str, Any]:
+        """The columns it sets."""
+        return {
+            "state": self.state,
+            "attempted": 1 if self.attempted else 0,
+            "next_attempt_at": to_epoch(self.next_attempt_at or self.at),
+            "delivered_at": to_epoch(self.at) if self.state == "DELIVERED" else None,
+            "dead_at": to_epoch(self.at) if self.state == "DEAD" else None,
+            "last_error": self.error,
+            "message_id": self.message_id,
+            "notification_id": self.notification_id,
+        }
+
+
+# Builds the outbox rows for an ended job (the channels that want its verdict).
+Outbox = Callable[[Job, datetime], list[Notification]]
+
+
 @dataclass(frozen=True)
 class Reservation:
     """The outcome of ``reserve``: the job now on record and whether this call created it."""
@@ -174,8 +298,36 @@ class JobStore(Protocol):
         """Lease due outstanding jobs to ``owner`` until ``lease_until``."""
         ...
 
-    def record_polls(self, updates: list[PollUpdate], *, owner: str) -> list[PollUpdate]:
+    def record_polls(
+        self, updates: list[PollUpdate], *, owner: str, outbox: Outbox | None = None
+    ) -> list[PollUpdate]:
         """Apply poll outcomes of jobs leased by ``owner``; return those applied."""
+        ...
+
+    def add_notifications(self, notifications: list[Notification]) -> int:
+        """Add outbox rows; a (verdict, channel) already there is left alone. Returns rows added."""
+        ...
+
+    def claim_notifications(
+        self, *, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Notification]:
+        """Lease due ``PENDING`` rows to ``owner``."""
+        ...
+
+    def settle_notifications(self, settlements: list[Settlement], *, owner: str) -> int:
+        """Record attempt outcomes for rows leased by ``owner``; returns rows settled."""
+        ...
+
+    def dead_letters(self, *, limit: int = 100) -> list[Notification]:
+        """Dead rows, most recent first."""
+        ...
+
+    def redrive(self, notification_ids: list[str] | None, *, now: datetime) -> int:
+        """Make dead rows (these, or all when None) ``PENDING`` and due now; returns how many."""
+        ...
+
+    def notification_counts(self) -> dict[str, int]:
+        """How many rows are in each state."""
         ...
 
     def count_outstanding(self) -> int:

@@ -21,9 +21,13 @@ from wholeimage.models import Job, JobStatus
 from wholeimage.store import (
     BACKUP_BLOCKING_SQL,
     JOB_COLUMNS,
+    NOTIFICATION_COLUMNS,
     OUTSTANDING_SQL,
+    Notification,
+    Outbox,
     PollUpdate,
     Reservation,
+    Settlement,
     from_epoch,
     job_to_row,
     poll_update_values,
@@ -66,6 +70,27 @@ MIGRATIONS: list[str] = [
         WHERE source_kind IN ('csbs', 'cbr') AND status IN ({BACKUP_BLOCKING_SQL});
     CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_poll_at) WHERE status IN ({OUTSTANDING_SQL});
     """,
+    """
+    CREATE TABLE IF NOT EXISTS notifications (
+        notification_id  TEXT PRIMARY KEY,
+        result_key       TEXT NOT NULL,
+        channel          TEXT NOT NULL,
+        result_json      TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        created_at       DOUBLE PRECISION NOT NULL,
+        next_attempt_at  DOUBLE PRECISION NOT NULL,
+        lease_owner      TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        delivered_at     DOUBLE PRECISION,
+        message_id       TEXT,
+        last_error       TEXT,
+        dead_at          DOUBLE PRECISION,
+        UNIQUE (result_key, channel)
+    );
+    CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at) WHERE state = 'PENDING';
+    CREATE INDEX IF NOT EXISTS notifications_dead ON notifications (dead_at) WHERE state = 'DEAD';
+    """,
 ]
 
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
@@ -91,6 +116,34 @@ UPDATE jobs SET status = %(status)s, process_percent = %(process_percent)s,
     updated_at = %(updated_at)s, poll_attempts = poll_attempts + %(queried)s,
     lease_owner = NULL, lease_expires_at = NULL
 WHERE request_id = %(request_id)s AND lease_owner = %(owner)s AND status IN ({OUTSTANDING_SQL})
+"""
+
+
+_CLAIM_NOTIFICATIONS = f"""
+UPDATE notifications SET lease_owner = %(owner)s, lease_expires_at = %(lease_until)s
+WHERE notification_id IN (
+    SELECT notification_id FROM notifications
+    WHERE state = 'PENDING' AND next_attempt_at <= %(now)s
+      AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s)
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {", ".join(NOTIFICATION_COLUMNS)}
+"""
+
+# Only the lease holder settles, and only a PENDING row: a delivery is recorded once.
+_SETTLE = """
+UPDATE notifications SET state = %(state)s, attempts = attempts + %(attempted)s,
+    next_attempt_at = %(next_attempt_at)s, delivered_at = %(delivered_at)s, dead_at = %(dead_at)s,
+    last_error = %(last_error)s, message_id = %(message_id)s, lease_owner = NULL, lease_expires_at = NULL
+WHERE notification_id = %(notification_id)s AND lease_owner = %(owner)s AND state = 'PENDING'
+"""
+
+_REDRIVE = """
+UPDATE notifications SET state = 'PENDING', attempts = 0, next_attempt_at = %(now)s,
+    dead_at = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE state = 'DEAD' AND (%(all)s OR notification_id = ANY(%(ids)s))
 """
 
 
@@ -237,7 +290,9 @@ class PostgresJobStore:
             jobs = [row_to_job(row) for row in cursor.fetchall()]
         return sorted(jobs, key=lambda job: job.next_poll_at or job.created_at)
 
-    def record_polls(self, updates: list[PollUpdate], *, owner: str) -> list[PollUpdate]:
+    def record_polls(
+        self, updates: list[PollUpdate], *, owner: str, outbox: Outbox | None = None
+    ) -> list[PollUpdate]:
         """See ``JobStore.record_polls``."""
         applied: list[PollUpdate] = []
         with self._transaction() as cursor:
@@ -246,9 +301,89 @@ class PostgresJobStore:
                     _RECORD_POLL,
                     {**poll_update_values(update), "request_id": update.request_id, "owner": owner},
                 )
-                if cursor.rowcount == 1:
-                    applied.append(update)
+                if cursor.rowcount != 1:
+                    continue
+                applied.append(update)
+                if outbox is not None and update.ended_at is not None:
+                    job = self._fetch(cursor, "request_id = %s", update.request_id)
+                    if job is not None:
+                        self._insert_notifications(cursor, outbox(job, update.at))
         return applied
+
+    @staticmethod
+    def _insert_notifications(
+        cursor: psycopg.Cursor[dict[str, Any]], notifications: list[Notification]
+    ) -> int:
+        added = 0
+        for notification in notifications:
+            row = notification.to_row()
+            cursor.execute(
+                f"INSERT INTO notifications ({', '.join(row)}) "
+                f"VALUES ({', '.join(f'%({name})s' for name in row)}) ON CONFLICT DO NOTHING",
+                row,
+            )
+            added += cursor.rowcount
+        return added
+
+    def add_notifications(self, notifications: list[Notification]) -> int:
+        """See ``JobStore.add_notifications``."""
+        with self._transaction() as cursor:
+            return self._insert_notifications(cursor, notifications)
+
+    def claim_notifications(
+        self, *, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Notification]:
+        """See ``JobStore.claim_notifications``."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                _CLAIM_NOTIFICATIONS,
+                {
+                    "owner": owner,
+                    "lease_until": to_epoch(lease_until),
+                    "now": to_epoch(now),
+                    "limit": limit,
+                },
+            )
+            rows = [Notification.from_row(row) for row in cursor.fetchall()]
+        return sorted(rows, key=lambda row: (row.next_attempt_at, row.notification_id))
+
+    def settle_notifications(self, settlements: list[Settlement], *, owner: str) -> int:
+        """See ``JobStore.settle_notifications``."""
+        settled = 0
+        with self._transaction() as cursor:
+            for settlement in settlements:
+                cursor.execute(_SETTLE, {**settlement.values(), "owner": owner})
+                settled += cursor.rowcount
+        return settled
+
+    def dead_letters(self, *, limit: int = 100) -> list[Notification]:
+        """See ``JobStore.dead_letters``."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications "
+                "WHERE state = 'DEAD' ORDER BY dead_at DESC LIMIT %s",
+                (limit,),
+            )
+            return [Notification.from_row(row) for row in cursor.fetchall()]
+
+    def redrive(self, notification_ids: list[str] | None, *, now: datetime) -> int:
+        """See ``JobStore.redrive``."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                _REDRIVE,
+                {
+                    "now": to_epoch(now),
+                    "all": notification_ids is None,
+                    "ids": notification_ids or [],
+                },
+            )
+            return cursor.rowcount
+
+    def notification_counts(self) -> dict[str, int]:
+        """See ``JobStore.notification_counts``."""
+        with self._transaction() as cursor:
+            cursor.execute("SELECT state, COUNT(*) AS n FROM notifications GROUP BY state")
+            return {row["state"]: int(row["n"]) for row in cursor.fetchall()}
 
     def count_outstanding(self) -> int:
         """See ``JobStore.count_outstanding``."""

@@ -22,9 +22,13 @@ from wholeimage.models import Job, JobStatus
 from wholeimage.store import (
     BACKUP_BLOCKING_SQL,
     JOB_COLUMNS,
+    NOTIFICATION_COLUMNS,
     OUTSTANDING_SQL,
+    Notification,
+    Outbox,
     PollUpdate,
     Reservation,
+    Settlement,
     from_epoch,
     job_to_row,
     poll_update_values,
@@ -32,9 +36,7 @@ from wholeimage.store import (
     to_epoch,
 )
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = f"""
+_JOBS_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     request_id          TEXT PRIMARY KEY,
     idempotency_key     TEXT UNIQUE,
@@ -67,6 +69,32 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_backup_once ON jobs (source_id)
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_poll_at) WHERE status IN ({OUTSTANDING_SQL});
 """
 
+NOTIFICATIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    notification_id  TEXT PRIMARY KEY,
+    result_key       TEXT NOT NULL,
+    channel          TEXT NOT NULL,
+    result_json      TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    next_attempt_at  REAL NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at REAL,
+    delivered_at     REAL,
+    message_id       TEXT,
+    last_error       TEXT,
+    dead_at          REAL,
+    UNIQUE (result_key, channel)
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS notifications_dead ON notifications (dead_at) WHERE state = 'DEAD';
+"""
+
+# Each migration runs once, in order; PRAGMA user_version remembers how far a file got.
+MIGRATIONS: list[str] = [_JOBS_SCHEMA, NOTIFICATIONS_SCHEMA]
+SCHEMA_VERSION = len(MIGRATIONS)
+
 
 WAL_SWITCH_TIMEOUT = 30.0
 
@@ -98,6 +126,19 @@ _RECORD_POLL = (
     "updated_at = :updated_at, poll_attempts = poll_attempts + :queried, "
     "lease_owner = NULL, lease_expires_at = NULL "
     f"WHERE request_id = :request_id AND lease_owner = :owner AND status IN ({OUTSTANDING_SQL})"
+)
+
+
+# Only the lease holder settles, and only a PENDING row: a delivery is recorded once.
+_SETTLE = (
+    "UPDATE notifications SET state = :state, attempts = attempts + :attempted, "
+    "next_attempt_at = :next_attempt_at, delivered_at = :delivered_at, dead_at = :dead_at, "
+    "last_error = :last_error, message_id = :message_id, lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE notification_id = :notification_id AND lease_owner = :owner AND state = 'PENDING'"
+)
+_REDRIVE_ALL = (
+    "UPDATE notifications SET state = 'PENDING', attempts = 0, next_attempt_at = :now, "
+    "dead_at = NULL, lease_owner = NULL, lease_expires_at = NULL WHERE state = 'DEAD'"
 )
 
 
@@ -136,11 +177,11 @@ class SqliteJobStore:
         connection.execute("BEGIN IMMEDIATE")
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
-                for statement in _SCHEMA.split(";"):
+            for migration in MIGRATIONS[version:]:
+                for statement in migration.split(";"):
                     if statement.strip():
                         connection.execute(statement)
-                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -260,7 +301,9 @@ class SqliteJobStore:
             )
         return [row_to_job(dict(row)) for row in rows]
 
-    def record_polls(self, updates: list[PollUpdate], *, owner: str) -> list[PollUpdate]:
+    def record_polls(
+        self, updates: list[PollUpdate], *, owner: str, outbox: Outbox | None = None
+    ) -> list[PollUpdate]:
         """See ``JobStore.record_polls``."""
         applied: list[PollUpdate] = []
         with self._write() as connection:
@@ -269,9 +312,99 @@ class SqliteJobStore:
                 cursor = connection.execute(
                     _RECORD_POLL, {**values, "request_id": update.request_id, "owner": owner}
                 )
-                if cursor.rowcount == 1:
-                    applied.append(update)
+                if cursor.rowcount != 1:
+                    continue
+                applied.append(update)
+                if outbox is not None and update.ended_at is not None:
+                    job = self._fetch(connection, "request_id = ?", update.request_id)
+                    if job is not None:
+                        self._insert_notifications(connection, outbox(job, update.at))
         return applied
+
+    @staticmethod
+    def _insert_notifications(
+        connection: sqlite3.Connection, notifications: list[Notification]
+    ) -> int:
+        added = 0
+        for notification in notifications:
+            row = notification.to_row()
+            cursor = connection.execute(
+                f"INSERT OR IGNORE INTO notifications ({', '.join(row)}) "
+                f"VALUES ({', '.join(':' + name for name in row)})",
+                row,
+            )
+            added += cursor.rowcount
+        return added
+
+    def add_notifications(self, notifications: list[Notification]) -> int:
+        """See ``JobStore.add_notifications``."""
+        with self._write() as connection:
+            return self._insert_notifications(connection, notifications)
+
+    def claim_notifications(
+        self, *, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Notification]:
+        """See ``JobStore.claim_notifications``."""
+        moment = to_epoch(now)
+        with self._write() as connection:
+            rows = connection.execute(
+                f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications "
+                "WHERE state = 'PENDING' AND next_attempt_at <= ? "
+                "AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
+                "ORDER BY next_attempt_at LIMIT ?",
+                (moment, moment, limit),
+            ).fetchall()
+            connection.executemany(
+                "UPDATE notifications SET lease_owner = ?, lease_expires_at = ? WHERE notification_id = ?",
+                [(owner, to_epoch(lease_until), row["notification_id"]) for row in rows],
+            )
+        return [Notification.from_row(dict(row)) for row in rows]
+
+    def settle_notifications(self, settlements: list[Settlement], *, owner: str) -> int:
+        """See ``JobStore.settle_notifications``."""
+        settled = 0
+        with self._write() as connection:
+            for settlement in settlements:
+                cursor = connection.execute(_SETTLE, {**settlement.values(), "owner": owner})
+                settled += cursor.rowcount
+        return settled
+
+    def dead_letters(self, *, limit: int = 100) -> list[Notification]:
+        """See ``JobStore.dead_letters``."""
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications "
+                "WHERE state = 'DEAD' ORDER BY dead_at DESC LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        return [Notification.from_row(dict(row)) for row in rows]
+
+    def redrive(self, notification_ids: list[str] | None, *, now: datetime) -> int:
+        """See ``JobStore.redrive``."""
+        with self._write() as connection:
+            if notification_ids is None:
+                cursor = connection.execute(_REDRIVE_ALL, {"now": to_epoch(now)})
+                return cursor.rowcount
+            redriven = 0
+            for notification_id in notification_ids:
+                cursor = connection.execute(
+                    _REDRIVE_ALL + " AND notification_id = :id",
+                    {"now": to_epoch(now), "id": notification_id},
+                )
+                redriven += cursor.rowcount
+            return redriven
+
+    def notification_counts(self) -> dict[str, int]:
+        """See ``JobStore.notification_counts``."""
+        rows = (
+            self._connection()
+            .execute("SELECT state, COUNT(*) FROM notifications GROUP BY state")
+            .fetchall()
+        )
+        return {row[0]: int(row[1]) for row in rows}
 
     def count_outstanding(self) -> int:
         """See ``JobStore.count_outstanding``."""
