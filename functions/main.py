@@ -32,3 +32,11 @@ def check(request: Request) -> Response:
     from wholeimage.web import handle_check
 
     return handle_check(request)
+
+
+@functions_framework.http
+def notify(request: Request) -> Response:
+    """Deliver a job result, or whatever is pending, to the configured chat and webhook channels."""
+    from wholeimage.web import handle_notify
+
+    return handle_notify(request)

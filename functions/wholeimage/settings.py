@@ -7,11 +7,15 @@ naming the environment variable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -21,8 +25,93 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wholeimage.errors import ConfigurationError
+from wholeimage.results import Channel
 
 DEFAULT_STATE_URL = "sqlite:///wholeimage.db"
+
+
+FORMATS = (
+    "slack",
+    "teams",
+    "discord",
+    "googlechat",
+    "mattermost",
+    "rocketchat",
+    "feishu",
+    "dingtalk",
+    "wecom",
+    "standard",
+)
+ChannelFormat = Literal[
+    "slack",
+    "teams",
+    "discord",
+    "googlechat",
+    "mattermost",
+    "rocketchat",
+    "feishu",
+    "dingtalk",
+    "wecom",
+    "standard",
+]
+# Hosts that tell the format of a webhook URL given without WHOLEIMAGE_WEBHOOK_FORMAT.
+_FORMAT_BY_HOST = {
+    "hooks.slack.com": "slack",
+    "discord.com": "discord",
+    "discordapp.com": "discord",
+    "chat.googleapis.com": "googlechat",
+    "open.feishu.cn": "feishu",
+    "open.larksuite.com": "feishu",
+    "oapi.dingtalk.com": "dingtalk",
+    "qyapi.weixin.qq.com": "wecom",
+}
+_CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+def guess_format(url: str) -> str:
+    """The format a webhook URL's host implies; ``standard`` when it implies none."""
+    host = urlsplit(url).hostname or ""
+    if host.endswith((".logic.azure.com", ".powerplatform.com", ".logic.azure.us")):
+        return "teams"
+    return _FORMAT_BY_HOST.get(host, "standard")
+
+
+class ChannelSetting(BaseModel):
+    """One named channel of ``WHOLEIMAGE_CHANNELS`` (a JSON list of these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_CHANNEL_NAME)
+    url: SecretStr
+    format: ChannelFormat | None = None
+    secret: SecretStr | None = None
+    on: list[Literal["SUCCESS", "FAIL", "TIMED_OUT"]] | Literal["all", "failures"] = "all"
+    keyword: str | None = Field(default=None, max_length=64)
+
+
+def _verdicts(on: Sequence[str] | str) -> frozenset[str]:
+    if on == "all":
+        return frozenset({"SUCCESS", "FAIL", "TIMED_OUT"})
+    if on == "failures":
+        return frozenset({"FAIL", "TIMED_OUT"})
+    return frozenset(on)
+
+
+def _check_channel_url(name: str, url: str, variable: str) -> None:
+    # Local sinks for development; otherwise HTTPS, with plain HTTP only to this machine.
+    if url.startswith(("console:", "file:")):
+        return
+    parts = urlsplit(url)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise ConfigurationError(
+            f"{variable}: channel {name!r} needs an https:// URL (or console:, file:PATH)"
+        )
+    if (parts.hostname or "").endswith(".webhook.office.com"):
+        raise ConfigurationError(
+            f"{variable}: channel {name!r} is an Office 365 connector URL, retired in 2026; create a "
+            "Teams Workflows webhook ('Send webhook alerts to a channel') and use its URL"
+        )
 
 
 class Settings(BaseSettings):
@@ -65,6 +154,17 @@ class Settings(BaseSettings):
     check_time_budget: float = Field(default=120.0, gt=0)
     check_concurrency: int = Field(default=16, ge=1, le=512)
     ims_rate_limit: float = Field(default=20.0, ge=0)  # IMS queries per second; 0 = unlimited
+
+    # notify: one channel, and/or several named ones (JSON), and how delivery behaves.
+    webhook_url: SecretStr | None = None
+    webhook_format: ChannelFormat | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_on: str = "all"
+    webhook_keyword: str | None = None
+    channels: list[ChannelSetting] = Field(default_factory=list)
+    notify_max_age: float = Field(default=6 * 3600.0, gt=0)
+    notify_time_budget: float = Field(default=60.0, gt=0)
+    notify_inline: bool = True
 
     # State and callers.
     state_url: str = DEFAULT_STATE_URL
@@ -114,8 +214,72 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every configured secret, so the log filter can redact them wherever they appear."""
         secrets = [self.access_key, self.secret_key, self.security_token, self.auth_token]
-        secrets += [self.iam_password, self.api_token]
+        secrets += [self.iam_password, self.api_token, self.webhook_url, self.webhook_secret]
+        for channel in self.channels:
+            secrets += [channel.url, channel.secret]
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+
+    def notification_channels(self) -> list[Channel]:
+        """The configured channels: ``default`` from ``WHOLEIMAGE_WEBHOOK_*``, then the named ones.
+
+        Raises:
+            ConfigurationError: a URL, a filter or a name is not acceptable.
+        """
+        channels: list[Channel] = []
+        if self.webhook_url is not None and self.webhook_url.get_secret_value():
+            url = self.webhook_url.get_secret_value()
+            _check_channel_url("default", url, "WHOLEIMAGE_WEBHOOK_URL")
+            keyword = self.webhook_on.strip()
+            on = (
+                keyword
+                if keyword in ("all", "failures")
+                else [part.strip() for part in keyword.split(",")]
+            )
+            try:
+                verdicts = _verdicts(
+                    ChannelSetting.model_validate({"name": "default", "url": "x", "on": on}).on
+                )
+            except ValidationError:
+                raise ConfigurationError(
+                    "WHOLEIMAGE_WEBHOOK_ON must be all, failures, or a comma list of SUCCESS, FAIL, TIMED_OUT"
+                ) from None
+            channels.append(
+                Channel(
+                    name="default",
+                    format=self.webhook_format or guess_format(url),
+                    url=self.webhook_url,
+                    secret=self.webhook_secret,
+                    on=verdicts,
+                    keyword=self.webhook_keyword,
+                )
+            )
+        for setting in self.channels:
+            url = setting.url.get_secret_value()
+            _check_channel_url(setting.name, url, "WHOLEIMAGE_CHANNELS")
+            channels.append(
+                Channel(
+                    name=setting.name,
+                    format=setting.format or guess_format(url),
+                    url=setting.url,
+                    secret=setting.secret,
+                    on=_verdicts(setting.on),
+                    keyword=setting.keyword,
+                )
+            )
+        names = [channel.name for channel in channels]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(
+                "WHOLEIMAGE_CHANNELS: channel names must be unique (and not 'default' when WHOLEIMAGE_WEBHOOK_URL is set)"
+            )
+        for channel in channels:
+            if channel.format == "standard" and not (
+                channel.secret and channel.secret.get_secret_value().startswith("whsec_")
+            ):
+                raise ConfigurationError(
+                    f"channel {channel.name!r} (standard): set its secret (WHOLEIMAGE_WEBHOOK_SECRET or "
+                    '"secret" in WHOLEIMAGE_CHANNELS) to a whsec_... key'
+                )
+        return channels
 
 
 def _field_named(loc: str) -> str | None:

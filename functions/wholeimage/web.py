@@ -158,9 +158,9 @@ def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
     return Envelope(payload, idempotency_key=key, requested_by=source)
 
 
-def read_envelope(request: Request) -> Envelope:
-    """Read the body as plain JSON or as a CloudEvent (structured or binary mode)."""
-    data = read_body(request)
+def read_envelope(request: Request, data: bytes | None = None) -> Envelope:
+    """Read the body (or ``data``, already read) as plain JSON or a CloudEvent (either mode)."""
+    data = read_body(request) if data is None else data
     content_type = request.headers.get("Content-Type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "application/cloudevents-batch+json":
@@ -247,6 +247,13 @@ def handle_create(
     return json_response(202, answer, headers)
 
 
+def _authenticated(request: Request, deps: Dependencies, allowed: tuple[str, ...]) -> None:
+    api_token = deps.settings.api_token
+    authenticate(request, api_token.get_secret_value() if api_token else None)
+    if request.method not in allowed:
+        raise MethodNotAllowedError(request.method, allowed)
+
+
 def handle_check(
     request: Request, dependencies: Callable[[], Dependencies] = get_dependencies
 ) -> Response:
@@ -255,20 +262,13 @@ def handle_check(
     Cloud Scheduler (HTTP), a Pub/Sub push or other CloudEvent, a Kubernetes CronJob or a
     FunctionGraph timer all work: the body is read (bounded) and otherwise ignored.
     """
-    from wholeimage.check import check_config_from_settings, run_check_sync
+    from wholeimage.service import check_tick
 
     try:
         deps = dependencies()
-        api_token = deps.settings.api_token
-        authenticate(request, api_token.get_secret_value() if api_token else None)
-        if request.method not in ("GET", "POST"):
-            raise MethodNotAllowedError(request.method, ("POST", "GET"))
+        _authenticated(request, deps, ("POST", "GET"))
         read_body(request)
-        summary = run_check_sync(
-            store=deps.store,
-            poller=deps.job_poller(),
-            config=check_config_from_settings(deps.settings),
-        )
+        answer = check_tick(deps)
     except WholeImageError as error:
         return error_response(error)
     log.info(
@@ -278,4 +278,88 @@ def handle_check(
             "schedule_time": request.headers.get("X-CloudScheduler-ScheduleTime"),
         },
     )
-    return json_response(200, summary.as_json())
+    return json_response(200, answer)
+
+
+JOB_RESULT_EVENT_TYPE = "wholeimage.job.result"
+
+
+def _job_result_in(request: Request, data: bytes) -> Any | None:
+    """The job result a ``notify`` call carries, or None for a plain "deliver what is pending".
+
+    Empty bodies, Pub/Sub push envelopes and CloudEvents of other types are schedule ticks; a
+    plain JSON body, or a CloudEvent of type ``wholeimage.job.result``, must be a job result.
+    """
+    if not data.strip():
+        return None
+    envelope = read_envelope(request, data)
+    payload = envelope.payload
+    is_cloud_event = envelope.idempotency_key is not None and envelope.idempotency_key.startswith(
+        "cloudevent:"
+    )
+    if is_cloud_event:
+        event_type = request.headers.get("ce-type") or (
+            json.loads(data).get("type") if data.strip().startswith(b"{") else None
+        )
+        return payload if event_type == JOB_RESULT_EVENT_TYPE else None
+    if isinstance(payload, dict) and {"message", "subscription"} <= payload.keys():
+        return None  # a Pub/Sub push: a scheduled delivery run
+    return payload
+
+
+def handle_notify(
+    request: Request, dependencies: Callable[[], Dependencies] = get_dependencies
+) -> Response:
+    """The ``notify`` function.
+
+    ``POST`` with a job result (JSON, or a CloudEvent of type ``wholeimage.job.result``) asks
+    for its delivery to every channel that wants it; an empty or scheduled call delivers what
+    is pending; ``?redrive=all`` or ``?redrive=ID,ID`` re-drives dead letters first. ``GET``
+    shows the outbox counts, ``GET ?dead_letters=1`` lists the dead letters.
+    """
+    from datetime import UTC, datetime
+
+    from wholeimage.notify import notifications_for
+    from wholeimage.results import JobResult
+    from wholeimage.service import notify_now
+    from wholeimage.validation import JOB_RESULT_SCHEMA, validate
+
+    try:
+        deps = dependencies()
+        _authenticated(request, deps, ("POST", "GET"))
+        if request.method == "GET":
+            if request.args.get("dead_letters") is not None:
+                dead = deps.store.dead_letters(
+                    limit=min(int(request.args.get("limit", "100") or 100), 1000)
+                )
+                return json_response(200, {"dead_letters": [dead_letter_view(row) for row in dead]})
+            return json_response(200, {"outbox": deps.store.notification_counts()})
+        data = read_body(request)
+        now = datetime.now(UTC)
+        answer: dict[str, Any] = {}
+        redrive = request.args.get("redrive")
+        if redrive:
+            ids = None if redrive == "all" else [part for part in redrive.split(",") if part]
+            answer["redriven"] = deps.store.redrive(ids, now=now)
+        payload = _job_result_in(request, data)
+        if payload is not None:
+            validate(JOB_RESULT_SCHEMA, payload)
+            rows = notifications_for(JobResult.from_json(payload), deps.channels(), now=now)
+            answer["added"] = deps.store.add_notifications(rows)
+        answer.update(notify_now(deps).as_json())
+    except WholeImageError as error:
+        return error_response(error)
+    return json_response(200, answer)
+
+
+def dead_letter_view(row: Any) -> dict[str, Any]:
+    """A dead letter as callers see it: never the channel's URL."""
+    return {
+        "id": row.notification_id,
+        "channel": row.channel,
+        "result_key": row.result_key,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "created_at": row.created_at.isoformat(),
+        "dead_at": row.dead_at.isoformat() if row.dead_at else None,
+    }
