@@ -209,7 +209,10 @@ class _ChannelRun:
                 self.run.summary.budget_exhausted = True
                 return
             verdict = self._send(batch)
-            self.run.settle([self.run.settlement(row, verdict) for row in batch])
+            # One retry time for the whole message, so its results come back together and go out
+            # as one digest again, rather than trickling back one by one at jittered times.
+            delay = self.run.retry_delay(batch, verdict)
+            self.run.settle([self.run.settlement(row, verdict, delay) for row in batch])
             if verdict.outcome == "retry" and verdict.retry_after:
                 # The service asked us to slow down: the rest waits with it.
                 for limiter in self.run.limiters.for_channel(self.channel.name, self.target.rate):
@@ -307,13 +310,17 @@ class _Run:
             attempted=False,
         )
 
-    def settlement(self, row: Notification, verdict: Verdict) -> Settlement:
+    def retry_delay(self, batch: list[Notification], verdict: Verdict) -> float:
+        """Seconds until a failed message is tried again: its Retry-After, or full-jitter backoff."""
+        attempts = max(row.attempts for row in batch)
+        return max(verdict.retry_after or 0.0, self.config.backoff(attempts, self.rng))
+
+    def settlement(self, row: Notification, verdict: Verdict, delay: float) -> Settlement:
         at = self.now()
         if verdict.outcome == "delivered":
             return Settlement(row.notification_id, "DELIVERED", at, message_id=verdict.detail)
         if verdict.outcome == "permanent":
             return Settlement(row.notification_id, "DEAD", at, error=verdict.detail)
-        delay = max(verdict.retry_after or 0.0, self.config.backoff(row.attempts, self.rng))
         next_attempt = at + timedelta(seconds=delay)
         if next_attempt - row.created_at > self.config.max_age:
             return Settlement(
