@@ -114,11 +114,17 @@ class Envelope:
     """A request's payload and who sent it, from plain JSON or a CloudEvent."""
 
     def __init__(
-        self, payload: Any, *, idempotency_key: str | None, requested_by: str | None
+        self,
+        payload: Any,
+        *,
+        idempotency_key: str | None,
+        requested_by: str | None,
+        event_type: str | None = None,
     ) -> None:
         self.payload = payload
         self.idempotency_key = idempotency_key
         self.requested_by = requested_by
+        self.event_type = event_type  # a CloudEvent's type; None for plain JSON
 
 
 def _header_idempotency_key(request: Request) -> str | None:
@@ -155,7 +161,9 @@ def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
         payload = parse_json(raw, "$.data")
     source, event_id = str(event["source"]), str(event["id"])
     key = _header_idempotency_key(request) or f"cloudevent:{source}#{event_id}"
-    return Envelope(payload, idempotency_key=key, requested_by=source)
+    return Envelope(
+        payload, idempotency_key=key, requested_by=source, event_type=str(event["type"])
+    )
 
 
 def read_envelope(request: Request, data: bytes | None = None) -> Envelope:
@@ -294,14 +302,8 @@ def _job_result_in(request: Request, data: bytes) -> Any | None:
         return None
     envelope = read_envelope(request, data)
     payload = envelope.payload
-    is_cloud_event = envelope.idempotency_key is not None and envelope.idempotency_key.startswith(
-        "cloudevent:"
-    )
-    if is_cloud_event:
-        event_type = request.headers.get("ce-type") or (
-            json.loads(data).get("type") if data.strip().startswith(b"{") else None
-        )
-        return payload if event_type == JOB_RESULT_EVENT_TYPE else None
+    if envelope.event_type is not None:
+        return payload if envelope.event_type == JOB_RESULT_EVENT_TYPE else None
     if isinstance(payload, dict) and {"message", "subscription"} <= payload.keys():
         return None  # a Pub/Sub push: a scheduled delivery run
     return payload
