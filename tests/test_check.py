@@ -1005,7 +1005,9 @@ class SpyStore:
         self.claimed.extend(jobs)
         return jobs
 
-    def record_polls(self, updates: list[PollUpdate], *, owner: str, outbox=None) -> list[PollUpdate]:
+    def record_polls(
+        self, updates: list[PollUpdate], *, owner: str, outbox=None
+    ) -> list[PollUpdate]:
         applied = self.inner.record_polls(updates, owner=owner, outbox=outbox)
         self.recorded.extend(applied)
         return applied
