@@ -20,7 +20,6 @@ ever lost. Standard Webhooks receivers de-duplicate it by ``webhook-id``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -41,7 +40,15 @@ import httpx
 from wholeimage.poller import RateLimiter
 from wholeimage.results import Channel, JobResult
 from wholeimage.store import JobStore, Notification, Settlement
-from wholeimage.targets import OutgoingMessage, RateLimit, Target, Verdict, redact_url, target_for
+from wholeimage.targets import (
+    OutgoingMessage,
+    RateLimit,
+    Target,
+    Verdict,
+    digest_id,
+    redact_url,
+    target_for,
+)
 
 log = logging.getLogger("wholeimage.notify")
 
@@ -147,10 +154,8 @@ def notifications_for(
 
 
 def _message_id(results: Sequence[JobResult]) -> str:
-    if len(results) == 1:
-        return results[0].key
-    digest = hashlib.sha256("\n".join(sorted(r.key for r in results)).encode()).hexdigest()[:24]
-    return f"wi_digest_{digest}"
+    # The id the message went out under: the result's key, or the digest's (its webhook-id).
+    return results[0].key if len(results) == 1 else digest_id(results)
 
 
 def write_to_sink(channel: Channel, message: OutgoingMessage) -> None:
@@ -222,8 +227,15 @@ class _ChannelRun:
         waited = 0.0
         limiters = self.run.limiters.for_channel(self.channel.name, self.target.rate)
         while True:
-            delay = max((limiter.delay_needed() for limiter in limiters), default=0.0)
+            if self.run.monotonic() >= self.run.deadline:
+                # Slow answers spent the budget: the lease (budget + margin) must outlive every send.
+                return None
+            # Ask every bucket first and spend only when all agree: a per-second bucket that says
+            # "go" must not spend the per-minute bucket's token while that one says "wait".
+            delay = max((limiter.wait_time() for limiter in limiters), default=0.0)
             if delay <= 0:
+                for limiter in limiters:
+                    limiter.take()
                 return waited
             if self.run.monotonic() + delay > self.run.deadline:
                 return None
@@ -243,7 +255,7 @@ class _ChannelRun:
                 summary.digests += 1
         if is_local_sink(self.channel.url.get_secret_value()):
             write_to_sink(self.channel, message)
-            return Verdict("delivered", detail="local sink")
+            return Verdict("delivered", detail=_message_id(results))
         try:
             response = self.run.http.post(
                 message.url, content=message.body, headers=message.headers

@@ -81,8 +81,8 @@ class RateLimiter:
             self._paused_until = until
             self.pauses += 1
 
-    def delay_needed(self) -> float:
-        """Seconds to wait before a request may go; 0 means take a token now."""
+    def wait_time(self) -> float:
+        """Seconds until a request may go, without taking a token."""
         now = self._clock()
         if now < self._paused_until:
             return self._paused_until - now
@@ -90,10 +90,19 @@ class RateLimiter:
             return 0.0
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
-        if self._tokens >= 1:
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        """Spend one token (after ``wait_time`` said 0)."""
+        if self.rate > 0:
             self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate
+
+    def delay_needed(self) -> float:
+        """Seconds to wait before a request may go; 0 means a token was taken now."""
+        delay = self.wait_time()
+        if delay <= 0:
+            self.take()
+        return delay
 
     async def acquire(self, max_wait: float = float("inf")) -> bool:
         """Wait until a request may be sent; False (without waiting) if that is past ``max_wait`` s."""
