@@ -340,3 +340,18 @@ def test_log_lines_are_json_for_cloud_logging_without_secrets(client, caplog):
     leak = next(line for line in lines if line["message"].startswith("leak"))
     assert "AKSECRETVALUE123" not in leak["message"]
     assert "sk-very-secret" not in leak["message"]
+
+
+@pytest.mark.parametrize("query", ["job_id=a%00b", "request_id=x%0Ay", "job_id=" + "a" * 200])
+def test_a_job_id_that_cannot_be_one_is_400_not_a_lookup(client, query):
+    response = client.get(f"/?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"][0]["path"].startswith("query:")
+
+
+def test_a_cloudevent_whose_id_is_not_printable_is_400(client, ims):
+    event = CloudEvent({"type": "t", "source": "//s", "id": "a\x00b"}, ECS_BODY)
+    headers, body = to_structured(event)
+    response = client.post("/", data=body, headers=headers)
+    assert response.status_code == 400
+    assert ims.submitted == []

@@ -7,6 +7,7 @@ naming the environment variable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import cache
 from typing import Literal
@@ -22,7 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from wholeimage.errors import ConfigurationError
 from wholeimage.results import Channel
@@ -107,7 +108,10 @@ def _check_channel_url(name: str, url: str, variable: str) -> None:
         raise ConfigurationError(
             f"{variable}: channel {name!r} needs an https:// URL (or console:, file:PATH)"
         )
-    if (parts.hostname or "").endswith(".webhook.office.com"):
+    host, path = parts.hostname or "", parts.path
+    if host.endswith(".webhook.office.com") or (
+        host == "outlook.office.com" and path.startswith("/webhook")
+    ):
         raise ConfigurationError(
             f"{variable}: channel {name!r} is an Office 365 connector URL, retired in 2026; create a "
             "Teams Workflows webhook ('Send webhook alerts to a channel') and use its URL"
@@ -306,6 +310,13 @@ def load_settings() -> Settings:
     """Read the settings from the environment now, translating errors to variable names."""
     try:
         settings = Settings()
+    except SettingsError as exc:
+        # A JSON variable (WHOLEIMAGE_CHANNELS) that does not parse. Its text holds webhook URLs
+        # and secrets, so the JSON error (which quotes the whole document) is not chained.
+        found = re.search(r'field "(\w+)"', str(exc))
+        field_name = found.group(1) if found else ""
+        name = _variable_name(field_name) if field_name in Settings.model_fields else "a variable"
+        raise ConfigurationError(f"invalid settings: {name}: not valid JSON") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -15,6 +15,8 @@ Contract of a ``JobStore`` (each method is one transaction):
   holds that job's lease and the job is outstanding: an end is recorded exactly once. It
   returns the updates it applied.
 - ``count_outstanding`` / ``next_due_at`` summarise what is left.
+- ``list_jobs`` lists jobs newest first (by ``created_at``), optionally only some statuses and
+  only those created since a moment, at most ``limit`` (what an operator's ``list`` shows).
 
 The notification outbox (one row per job verdict and channel, unique):
 
@@ -30,7 +32,7 @@ The notification outbox (one row per job verdict and channel, unique):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -336,6 +338,20 @@ class JobStore(Protocol):
 
     def next_due_at(self) -> datetime | None:
         """When the earliest outstanding job is due."""
+        ...
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        since: datetime | None,
+        limit: int,
+    ) -> list[Job]:
+        """Jobs newest first (``created_at``, then ``request_id``), at most ``limit``.
+
+        ``statuses`` keeps only those statuses (``None``: all; empty: none); ``since`` keeps
+        jobs created at or after it (``None``: all). A ``limit`` below 1 lists nothing.
+        """
         ...
 
     def close(self) -> None:

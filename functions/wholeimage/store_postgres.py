@@ -8,7 +8,7 @@ instances starting together take turns and each applies only what is missing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -400,6 +400,34 @@ class PostgresJobStore:
             )
             row = cursor.fetchone()
         return from_epoch(row["due"]) if row else None
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        since: datetime | None,
+        limit: int,
+    ) -> list[Job]:
+        """See ``JobStore.list_jobs``."""
+        if limit < 1 or (statuses is not None and not statuses):
+            return []
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit}
+        if statuses is not None:
+            where.append("status = ANY(%(statuses)s)")
+            params["statuses"] = sorted({JobStatus(status).value for status in statuses})
+        if since is not None:
+            where.append("created_at >= %(since)s")
+            params["since"] = to_epoch(since)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._transaction() as cursor:
+            # COLLATE "C": ties break in byte order, as SQLite's default collation does.
+            cursor.execute(
+                f"{_SELECT_JOB} {clause}"
+                'ORDER BY created_at DESC, request_id COLLATE "C" DESC LIMIT %(limit)s',
+                params,
+            )
+            return [row_to_job(row) for row in cursor.fetchall()]
 
     def close(self) -> None:
         """Close the pool."""

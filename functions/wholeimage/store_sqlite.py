@@ -11,7 +11,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -423,6 +423,37 @@ class SqliteJobStore:
             .fetchone()
         )
         return from_epoch(row[0])
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        since: datetime | None,
+        limit: int,
+    ) -> list[Job]:
+        """See ``JobStore.list_jobs``."""
+        if limit < 1 or (statuses is not None and not statuses):
+            return []
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            wanted = sorted({JobStatus(status).value for status in statuses})
+            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
+            params.extend(wanted)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(to_epoch(since))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs {clause}"
+                "ORDER BY created_at DESC, request_id DESC LIMIT ?",
+                (*params, limit),
+            )
+            .fetchall()
+        )
+        return [row_to_job(dict(row)) for row in rows]
 
     def close(self) -> None:
         """Close every thread's connection."""

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from wholeimage.errors import ConfigurationError, RequestInvalidError
 
 if TYPE_CHECKING:
-    from jsonschema import Draft202012Validator, ValidationError
+    from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
 CREATE_REQUEST_SCHEMA = "create-request.schema.json"
@@ -38,10 +39,13 @@ _lock = threading.Lock()
 
 
 def schema_dir() -> Path:
-    """Where the schemas are: ``$WHOLEIMAGE_SCHEMA_DIR``, the repo's ``schemas/``, or ``functions/schemas``.
+    """Where the schemas are: ``$WHOLEIMAGE_SCHEMA_DIR``, the package's own ``schemas/``, the
+    repo's ``schemas/``, or ``functions/schemas``.
 
-    The second is the checkout layout; the third is a deployment that ships the ``functions/``
-    folder with the schemas copied in.
+    The second is an installed wheel, which carries them (checked first, so that a ``schemas``
+    folder some other distribution put in site-packages is never taken); the third is the
+    checkout layout; the last is a deployment that ships the ``functions/`` folder with the
+    schemas copied in.
     """
     # Read here rather than in Settings: the schema folder is a packaging fact, needed before
     # any cloud setting is, and validation must work with no cloud configured at all.
@@ -49,7 +53,11 @@ def schema_dir() -> Path:
     if explicit:
         return Path(explicit)
     package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir.parent.parent / "schemas", package_dir.parent / "schemas"):
+    for candidate in (
+        package_dir / "schemas",
+        package_dir.parent.parent / "schemas",
+        package_dir.parent / "schemas",
+    ):
         if candidate.is_dir():
             return candidate
     raise ConfigurationError(
@@ -62,6 +70,34 @@ def load_schemas(directory: Path) -> dict[str, dict[str, Any]]:
     return {
         path.name: json.loads(path.read_text("utf-8")) for path in sorted(directory.glob("*.json"))
     }
+
+
+def readable_date_time(value: object) -> bool:
+    """A ``date-time`` string is one ``datetime.fromisoformat`` reads, as the code reads them.
+
+    Raises:
+        ValueError: it names a moment that does not exist (30 February, second 60, year 0) or
+            is spelt in a way the code cannot read (a lower-case ``z``).
+    """
+    if isinstance(value, str):
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return True
+
+
+def format_checker() -> FormatChecker:
+    """2020-12's format checker, asserting ``date-time`` whatever is installed.
+
+    jsonschema asserts ``date-time`` only when the optional rfc3339-validator is importable:
+    a deployment does not install it, the test tools bring it (openapi-spec-validator). Both
+    must refuse the same bodies, and a time the schema's pattern lets through but the code
+    cannot read must be a 400 here, not a 500 later.
+    """
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
+    checker.checks("date-time", raises=ValueError)(readable_date_time)
+    return checker
 
 
 @cache
@@ -81,7 +117,7 @@ def validator_for(schema_name: str) -> Draft202012Validator:
         return Draft202012Validator(
             schemas[schema_name],
             registry=registry,
-            format_checker=Draft202012Validator.FORMAT_CHECKER,
+            format_checker=format_checker(),
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger("wholeimage.web")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -146,12 +148,14 @@ def _header_idempotency_key(request: Request) -> str | None:
 
 
 def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
-    from cloudevents.exceptions import GenericException
     from cloudevents.http import from_http
 
     try:
         event = from_http(dict(request.headers), data)
-    except GenericException as exc:
+    # from_http only parses what the caller sent, and raises more than its own GenericException
+    # for it: ValueError for a null attribute or a body that is not UTF-8, TypeError for an
+    # object as specversion. Whatever it raises, the event is malformed.
+    except Exception as exc:
         raise RequestInvalidError(
             "the CloudEvent is malformed", details=[{"path": "$", "message": str(exc)[:300]}]
         ) from None
@@ -160,6 +164,19 @@ def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
         raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         payload = parse_json(raw, "$.data")
     source, event_id = str(event["source"]), str(event["id"])
+    if (
+        not (source + event_id).isprintable()
+        or len(source) + len(event_id) > MAX_IDEMPOTENCY_KEY_LENGTH
+    ):
+        raise RequestInvalidError(
+            "the CloudEvent's source and id must be printable and short",
+            details=[
+                {
+                    "path": "$.source",
+                    "message": f"source and id: printable, {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most",
+                }
+            ],
+        )
     key = _header_idempotency_key(request) or f"cloudevent:{source}#{event_id}"
     return Envelope(
         payload, idempotency_key=key, requested_by=source, event_type=str(event["type"])
@@ -223,6 +240,18 @@ def handle_create(
                     "say which job: ?job_id=<IMS job id> or ?request_id=<our request id>",
                     details=[{"path": "query:job_id", "message": "required"}],
                 )
+            for name, value in (("job_id", job_id), ("request_id", request_id)):
+                # Ids are short and plain; anything else (a NUL, say) cannot name a job.
+                if value and not _PLAIN_ID.fullmatch(value):
+                    raise RequestInvalidError(
+                        f"{name} is not a job id",
+                        details=[
+                            {
+                                "path": f"query:{name}",
+                                "message": "1 to 128 letters, digits, '.', '_' or '-'",
+                            }
+                        ],
+                    )
             job = find_job(
                 store=deps.store, ims_job_id=job_id or None, request_id=request_id or None
             )
@@ -331,27 +360,47 @@ def handle_notify(
         _authenticated(request, deps, ("POST", "GET"))
         if request.method == "GET":
             if request.args.get("dead_letters") is not None:
-                dead = deps.store.dead_letters(
-                    limit=min(int(request.args.get("limit", "100") or 100), 1000)
-                )
+                dead = deps.store.dead_letters(limit=dead_letter_limit(request.args.get("limit")))
                 return json_response(200, {"dead_letters": [dead_letter_view(row) for row in dead]})
             return json_response(200, {"outbox": deps.store.notification_counts()})
         data = read_body(request)
         now = datetime.now(UTC)
         answer: dict[str, Any] = {}
+        # Validate first: a refused body changes nothing, re-drives included.
+        payload = _job_result_in(request, data)
+        if payload is not None:
+            validate(JOB_RESULT_SCHEMA, payload)
         redrive = request.args.get("redrive")
         if redrive:
             ids = None if redrive == "all" else [part for part in redrive.split(",") if part]
             answer["redriven"] = deps.store.redrive(ids, now=now)
-        payload = _job_result_in(request, data)
         if payload is not None:
-            validate(JOB_RESULT_SCHEMA, payload)
             rows = notifications_for(JobResult.from_json(payload), deps.channels(), now=now)
             answer["added"] = deps.store.add_notifications(rows)
         answer.update(notify_now(deps).as_json())
     except WholeImageError as error:
         return error_response(error)
     return json_response(200, answer)
+
+
+def dead_letter_limit(text: str | None) -> int:
+    """``?limit=`` of the dead-letter list: 1 to 1000, 100 when absent or empty.
+
+    Raises:
+        RequestInvalidError: not a whole number of at least 1.
+    """
+    if not text:
+        return 100
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise RequestInvalidError(
+            "?limit= must be a whole number of at least 1",
+            details=[{"path": "query:limit", "message": "a whole number from 1 to 1000"}],
+        )
+    return min(limit, 1000)
 
 
 def dead_letter_view(row: Any) -> dict[str, Any]:
