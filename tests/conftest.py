@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from multiprocessing.context import SpawnProcess
+from typing import Any
 
 import pytest
 
@@ -93,3 +96,27 @@ def store(state_url: str) -> Iterator[object]:
     opened = open_store(state_url)
     yield opened
     opened.close()
+
+
+SPAWN_JOIN_SECONDS = 30.0
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., SpawnProcess]]:
+    """Start spawned children (a fresh interpreter each, as a second instance would be); any
+    still alive at the end of the test is killed."""
+    context = multiprocessing.get_context("spawn")
+    started: list[SpawnProcess] = []
+
+    def start(target: Callable[..., None], *args: Any, **kwargs: Any) -> SpawnProcess:
+        process = context.Process(target=target, args=args, kwargs=kwargs, daemon=True)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=SPAWN_JOIN_SECONDS)
+        process.close()

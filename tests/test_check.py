@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -1192,26 +1191,6 @@ def child_tick_until_killed(ims_url: str, state_url: str, now_epoch: float, leas
         now=lambda: datetime.fromtimestamp(now_epoch, UTC),
         owner="doomed",
     )
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., SpawnProcess]]:
-    """Start spawned children; any still alive at the end of the test is killed."""
-    context: SpawnContext = multiprocessing.get_context("spawn")
-    started: list[SpawnProcess] = []
-
-    def start(target: Callable[..., None], *args: Any) -> SpawnProcess:
-        process = context.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=WAIT_SECONDS)
-        process.close()
 
 
 @BOTH_STORES

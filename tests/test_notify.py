@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
@@ -1241,26 +1240,6 @@ def child_deliver_until_killed(state_url: str, record: str, ready: Event, lease:
             limiters=ChannelLimiters(),
             owner="doomed",
         )
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., SpawnProcess]]:
-    """Start spawned children; any still alive at the end of the test is killed."""
-    context: SpawnContext = multiprocessing.get_context("spawn")
-    started: list[SpawnProcess] = []
-
-    def start(target: Callable[..., None], *args: Any) -> SpawnProcess:
-        process = context.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=WAIT_SECONDS)
-        process.close()
 
 
 def recorded_ids(path: Path) -> list[str]:

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
-from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, TypeVar
@@ -812,26 +811,6 @@ def child_claim_until_empty(state_url: str, owner: str, out: str, barrier: Barri
     finally:
         store.close()
         Path(out).write_text("".join(f"{request_id}\n" for request_id in claimed))
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., SpawnProcess]]:
-    """Start spawned children; any still alive at the end of the test is killed."""
-    context: SpawnContext = multiprocessing.get_context("spawn")
-    started: list[SpawnProcess] = []
-
-    def start(target: Callable[..., None], *args: Any) -> SpawnProcess:
-        process = context.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=WAIT_SECONDS)
-        process.close()
 
 
 def test_processes_claim_every_job_exactly_once(store, state_url, spawn, tmp_path):

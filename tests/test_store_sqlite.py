@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
@@ -605,26 +605,6 @@ def child_submit_many(db: str, tag: str, count: int, barrier: Barrier) -> None:
             )
     finally:
         store.close()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., SpawnProcess]]:
-    """Start spawned children; any still alive at the end of the test is killed."""
-    context: SpawnContext = multiprocessing.get_context("spawn")
-    started: list[SpawnProcess] = []
-
-    def start(target: Callable[..., None], *args: Any, **kwargs: Any) -> SpawnProcess:
-        process = context.Process(target=target, args=args, kwargs=kwargs, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=WAIT_SECONDS)
-        process.close()
 
 
 def race_in_processes(

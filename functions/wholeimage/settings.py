@@ -31,18 +31,6 @@ from wholeimage.results import Channel
 DEFAULT_STATE_URL = "sqlite:///wholeimage.db"
 
 
-FORMATS = (
-    "slack",
-    "teams",
-    "discord",
-    "googlechat",
-    "mattermost",
-    "rocketchat",
-    "feishu",
-    "dingtalk",
-    "wecom",
-    "standard",
-)
 ChannelFormat = Literal[
     "slack",
     "teams",
