@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
 CREATE_REQUEST_SCHEMA = "create-request.schema.json"
 JOB_RESULT_SCHEMA = "job-result.schema.json"
-NOTIFICATION_EVENT_SCHEMA = "notification-event.schema.json"
 # Annotation keyword of our schemas: a human message replacing the library's for that subschema.
 ERROR_MESSAGE_KEYWORD = "x-error-message"
 
