@@ -1442,9 +1442,9 @@ def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_im
     assert "wholeimage-check" in served.log()  # the scheduler job, logged with the call
 
 
-def test_the_core_poll_client_maps_transport_failures_to_httpx_errors(ims):
+def test_the_keep_alive_poll_client_maps_transport_failures_to_httpx_errors(ims):
     from wholeimage.ims import StaticTokenAuth
-    from wholeimage.poller import CorePollClient
+    from wholeimage.poller import KeepAlivePollClient
 
     # Given a port nobody listens on, and an emulator that answers too slowly
     with socket.socket() as sock:
@@ -1453,7 +1453,7 @@ def test_the_core_poll_client_maps_transport_failures_to_httpx_errors(ims):
     ims.inject("job", Fault(delay=2.0))
 
     async def attempt(base_url: str, timeout: float) -> BaseException | httpx.Response:
-        client = CorePollClient(
+        client = KeepAlivePollClient(
             base_url=base_url,
             auth=StaticTokenAuth("t"),
             timeout=timeout,
@@ -1475,3 +1475,92 @@ def test_the_core_poll_client_maps_transport_failures_to_httpx_errors(ims):
     answer = asyncio.run(attempt(ims.url, 5.0))
     assert isinstance(answer, httpx.Response)
     assert answer.status_code == 401  # the emulator answered: it knows no token "t"
+
+
+class ScriptedServer:
+    """A raw HTTP/1.1 server: each connection answers ``per_connection`` requests, then closes."""
+
+    def __init__(
+        self, per_connection: int, *, chunked: bool = False, close_header: bool = False
+    ) -> None:
+        self.per_connection = per_connection
+        self.chunked = chunked
+        self.close_header = close_header
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        for _ in range(self.per_connection):
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests.append(head)
+            body = b'{"status": "RUNNING"}'
+            if self.chunked:
+                answer = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + f"{len(body):x}\r\n".encode()
+                    + body
+                    + b"\r\n0\r\n\r\n"
+                )
+            else:
+                extra = b"Connection: close\r\n" if self.close_header else b""
+                answer = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + extra
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+
+def query_through(server: ScriptedServer, count: int) -> list[int]:
+    from wholeimage.ims import StaticTokenAuth
+    from wholeimage.poller import KeepAlivePollClient
+
+    async def run() -> list[int]:
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        client = KeepAlivePollClient(
+            base_url=f"http://127.0.0.1:{port}",
+            auth=StaticTokenAuth("t"),
+            timeout=5,
+            ssl_context=None,
+            user_agent="test",
+        )
+        statuses = []
+        try:
+            for index in range(count):
+                statuses.append((await client.get(f"/v1/p/jobs/{index}")).status_code)
+                await asyncio.sleep(0.01)  # let a closing server's FIN arrive first
+        finally:
+            await client.aclose()
+            listener.close()
+            await listener.wait_closed()
+        return statuses
+
+    return asyncio.run(run())
+
+
+def test_the_keep_alive_poll_client_reuses_one_connection():
+    server = ScriptedServer(per_connection=5)
+    assert query_through(server, 5) == [200] * 5
+    assert server.connections == 1
+    assert all(
+        b"Host: 127.0.0.1:" in head and b"X-Auth-Token: t" in head for head in server.requests
+    )
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_query_sent_again():
+    server = ScriptedServer(per_connection=2)
+    assert query_through(server, 5) == [200] * 5
+    assert server.connections == 3
+    assert len(server.requests) == 5  # every query answered once: none lost, none doubled
+
+
+def test_chunked_answers_and_connection_close_are_understood():
+    assert query_through(ScriptedServer(per_connection=3, chunked=True), 3) == [200] * 3
+    closing = ScriptedServer(per_connection=1, close_header=True)
+    assert query_through(closing, 3) == [200] * 3
+    assert closing.connections == 3

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wholeimage.ims import HeaderSigner
 from wholeimage.models import ENDED, Job, JobStatus
-from wholeimage.poller import CorePollClient, JobPoller, PollClient, PollResult
+from wholeimage.poller import JobPoller, KeepAlivePollClient, PollClient, PollResult
 from wholeimage.schedule import PollSchedule
 from wholeimage.store import JobStore, Outbox, PollUpdate
 
@@ -359,7 +359,7 @@ def async_client_factory(
     """Build per-worker clients: one connection each, one shared SSL context."""
 
     def factory() -> PollClient:
-        return CorePollClient(
+        return KeepAlivePollClient(
             base_url=base_url,
             auth=auth(),
             timeout=timeout,
