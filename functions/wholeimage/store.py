@@ -359,6 +359,41 @@ class JobStore(Protocol):
         ...
 
 
+class SubmissionTransitions:
+    """``mark_submitted`` and ``mark_uncertain`` for any adapter, over its conditional ``_update``.
+
+    ``_update(request_id, expected, **columns)`` sets ``columns`` only while the job has status
+    ``expected``, in one transaction, and returns the job as it then is.
+    """
+
+    def _update(self, request_id: str, expected: JobStatus, **changes: Any) -> Job:
+        raise NotImplementedError
+
+    def mark_submitted(
+        self, request_id: str, *, ims_job_id: str, now: datetime, next_poll_at: datetime
+    ) -> Job:
+        """See ``JobStore.mark_submitted``."""
+        return self._update(
+            request_id,
+            JobStatus.SUBMITTING,
+            status=JobStatus.SUBMITTED.value,
+            ims_job_id=ims_job_id,
+            submitted_at=to_epoch(now),
+            updated_at=to_epoch(now),
+            next_poll_at=to_epoch(next_poll_at),
+        )
+
+    def mark_uncertain(self, request_id: str, *, reason: str, now: datetime) -> Job:
+        """See ``JobStore.mark_uncertain``."""
+        return self._update(
+            request_id,
+            JobStatus.SUBMITTING,
+            status=JobStatus.SUBMIT_UNCERTAIN.value,
+            fail_reason=reason,
+            updated_at=to_epoch(now),
+        )
+
+
 def to_epoch(moment: datetime | None) -> float | None:
     """Times are stored as UTC epoch seconds: comparable and indexable in both databases."""
     return moment.timestamp() if moment is not None else None

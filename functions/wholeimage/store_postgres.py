@@ -28,6 +28,7 @@ from wholeimage.store import (
     PollUpdate,
     Reservation,
     Settlement,
+    SubmissionTransitions,
     from_epoch,
     job_to_row,
     poll_update_values,
@@ -147,7 +148,7 @@ WHERE state = 'DEAD' AND (%(all)s OR notification_id = ANY(%(ids)s))
 """
 
 
-class PostgresJobStore:
+class PostgresJobStore(SubmissionTransitions):
     """``JobStore`` over PostgreSQL."""
 
     def __init__(self, url: str, *, max_connections: int = 10) -> None:
@@ -230,30 +231,6 @@ class PostgresJobStore:
         if job is None:
             raise LookupError(f"job {request_id} vanished")
         return job
-
-    def mark_submitted(
-        self, request_id: str, *, ims_job_id: str, now: datetime, next_poll_at: datetime
-    ) -> Job:
-        """See ``JobStore.mark_submitted``."""
-        return self._update(
-            request_id,
-            JobStatus.SUBMITTING,
-            status=JobStatus.SUBMITTED.value,
-            ims_job_id=ims_job_id,
-            submitted_at=to_epoch(now),
-            updated_at=to_epoch(now),
-            next_poll_at=to_epoch(next_poll_at),
-        )
-
-    def mark_uncertain(self, request_id: str, *, reason: str, now: datetime) -> Job:
-        """See ``JobStore.mark_uncertain``."""
-        return self._update(
-            request_id,
-            JobStatus.SUBMITTING,
-            status=JobStatus.SUBMIT_UNCERTAIN.value,
-            fail_reason=reason,
-            updated_at=to_epoch(now),
-        )
 
     def discard(self, request_id: str) -> None:
         """See ``JobStore.discard``."""
