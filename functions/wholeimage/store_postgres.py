@@ -92,6 +92,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at) WHERE state = 'PENDING';
     CREATE INDEX IF NOT EXISTS notifications_dead ON notifications (dead_at) WHERE state = 'DEAD';
     """,
+    # `list` reads the newest jobs first.
+    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
 ]
 
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"

@@ -93,7 +93,9 @@ CREATE INDEX IF NOT EXISTS notifications_dead ON notifications (dead_at) WHERE s
 """
 
 # Each migration runs once, in order; PRAGMA user_version remembers how far a file got.
-MIGRATIONS: list[str] = [_JOBS_SCHEMA, NOTIFICATIONS_SCHEMA]
+# `list` reads the newest jobs first.
+_CREATED_INDEX = "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)"
+MIGRATIONS: list[str] = [_JOBS_SCHEMA, NOTIFICATIONS_SCHEMA, _CREATED_INDEX]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
