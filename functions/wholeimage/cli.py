@@ -119,9 +119,11 @@ def idempotency_key(text: str) -> str:
     Raises:
         argparse.ArgumentTypeError: empty, over 255 characters, or not printable.
     """
-    key = text.strip()
-    if not key or len(key) > 255 or not key.isprintable():
-        raise argparse.ArgumentTypeError("an idempotency key is 1 to 255 printable characters")
+    from wholeimage.idempotency import IDEMPOTENCY_KEY_RULE, clean_idempotency_key
+
+    key = clean_idempotency_key(text)
+    if key is None:
+        raise argparse.ArgumentTypeError(f"an idempotency key is {IDEMPOTENCY_KEY_RULE}")
     return key
 
 

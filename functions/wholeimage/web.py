@@ -25,11 +25,15 @@ from wholeimage.errors import (
     UnsupportedMediaTypeError,
     WholeImageError,
 )
+from wholeimage.idempotency import (
+    IDEMPOTENCY_KEY_RULE,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    clean_idempotency_key,
+)
 
 log = logging.getLogger("wholeimage.web")
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 JSON_MEDIA_TYPE = "application/json"
 
@@ -133,18 +137,13 @@ def _header_idempotency_key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    key = key.strip()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+    cleaned = clean_idempotency_key(key)
+    if cleaned is None:
         raise RequestInvalidError(
             "the Idempotency-Key header is invalid",
-            details=[
-                {
-                    "path": "header:Idempotency-Key",
-                    "message": f"1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
-                }
-            ],
+            details=[{"path": "header:Idempotency-Key", "message": IDEMPOTENCY_KEY_RULE}],
         )
-    return key
+    return cleaned
 
 
 def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
