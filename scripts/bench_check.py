@@ -34,15 +34,15 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "functions"))
+sys.path[:0] = [str(ROOT / "functions"), str(ROOT / "tools")]
 
-from wholeimage.bootstrap import Dependencies  # noqa: E402
+from ims_emulator import EmulatorConfig, ImsEmulator  # noqa: E402
+from wholeimage.bootstrap import Dependencies, open_store  # noqa: E402
 from wholeimage.check import CheckConfig, run_check_sync  # noqa: E402
-from wholeimage.emulator import EmulatorConfig, ImsEmulator  # noqa: E402
 from wholeimage.models import CreateImageRequest, Job, JobStatus  # noqa: E402
 from wholeimage.schedule import PollSchedule  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
-from wholeimage.store import job_to_row, open_store  # noqa: E402
+from wholeimage.store.base import job_to_row  # noqa: E402
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 AK, SK = "EMULATORAK", "emulator-secret-key"
@@ -57,8 +57,9 @@ def free_port() -> int:
 def start_emulator(*extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "wholeimage.emulator", "--port", str(port), "--no-record", *extra],
-        cwd=ROOT / "functions",
+        [sys.executable, "-m", "ims_emulator", "--port", str(port), "--no-record", *extra],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path[:2])},
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "functions"))
+sys.path[:0] = [str(ROOT / "functions"), str(ROOT / "tools")]
 
-from wholeimage.emulator import EmulatorConfig, ImsEmulator  # noqa: E402
+from ims_emulator import EmulatorConfig, ImsEmulator  # noqa: E402
 
 BODY = b'{"name": "bench", "instance_id": "877a2cda-ba63-4e1e-b95f-e67e48b6129a"}'
 

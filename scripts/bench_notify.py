@@ -24,14 +24,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "functions"))
+sys.path[:0] = [str(ROOT / "functions"), str(ROOT / "tools")]
 
 from pydantic import SecretStr  # noqa: E402
 
-from wholeimage.bootstrap import Dependencies  # noqa: E402
+from ims_emulator import EmulatorConfig, ImsEmulator  # noqa: E402
+from wholeimage.bootstrap import Dependencies, open_store  # noqa: E402
 from wholeimage.check import CheckConfig, run_check_sync  # noqa: E402
 from wholeimage.create import submit_create  # noqa: E402
-from wholeimage.emulator import EmulatorConfig, ImsEmulator  # noqa: E402
 from wholeimage.models import CreateImageRequest  # noqa: E402
 from wholeimage.notify import (  # noqa: E402
     ChannelLimiters,
@@ -43,7 +43,6 @@ from wholeimage.notify import (  # noqa: E402
 from wholeimage.results import Channel, JobResult  # noqa: E402
 from wholeimage.schedule import PollSchedule  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
-from wholeimage.store import open_store  # noqa: E402
 
 SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 

@@ -125,7 +125,7 @@ def main() -> int:
     ims_port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "functions"),
+        "PYTHONPATH": f"{ROOT / 'functions'}{os.pathsep}{ROOT / 'tools'}",
         "WHOLEIMAGE_IMS_ENDPOINT": f"http://127.0.0.1:{ims_port}",
         "WHOLEIMAGE_PROJECT_ID": "0123456789abcdef0123456789abcdef",
         "HUAWEICLOUD_SDK_AK": "EMULATORAK",
@@ -146,7 +146,7 @@ def main() -> int:
             [
                 str(VENV_BIN / "python"),
                 "-m",
-                "wholeimage.emulator",
+                "ims_emulator",
                 "--port",
                 str(ims_port),
                 "--job-seconds",

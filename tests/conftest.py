@@ -9,6 +9,24 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# One Hypothesis profile for the whole suite: a loaded two-core machine (CI) must never fail a run
+# on a health check or a deadline; the properties themselves are unchanged.
+settings.register_profile(
+    "wholeimage", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("wholeimage")
+
+TIERS = ("unit", "adapters", "functional", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder it lives in (``-m "not system"`` and so on)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +109,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store(state_url: str) -> Iterator[object]:
     """An opened ``JobStore`` of the parametrized kind, closed after the test."""
-    from wholeimage.store import open_store
+    from wholeimage.bootstrap import open_store
 
     opened = open_store(state_url)
     yield opened

@@ -10,7 +10,7 @@ from typing import Any
 
 from wholeimage.bootstrap import Dependencies
 from wholeimage.settings import Settings
-from wholeimage.store_sqlite import SqliteJobStore
+from wholeimage.store.sqlite import SqliteJobStore
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""``python -m wholeimage``: the operator command line (see ``wholeimage.cli``)."""
+"""``python -m wholeimage``: the operator command line (see ``wholeimage.cli.main``)."""
 
 import sys
 
-from wholeimage.cli import main
+from wholeimage.cli.main import main
 
 sys.exit(main())

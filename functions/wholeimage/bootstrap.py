@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import httpx
 
-    from wholeimage.ims import ImsClient
-    from wholeimage.poller import JobPoller
+    from wholeimage.ims.client import ImsClient
+    from wholeimage.ims.connection import ImsConnection
+    from wholeimage.ims.poller import JobPoller
     from wholeimage.results import Channel
     from wholeimage.settings import Settings
-    from wholeimage.store import JobStore
+    from wholeimage.store.base import JobStore
 
 log = logging.getLogger("wholeimage")
 
@@ -41,6 +42,8 @@ class Dependencies:
 
     def _ims_connection(self) -> ImsConnection:
         if self._connection is None:
+            from wholeimage.ims.connection import ImsConnection
+
             self._connection = ImsConnection.from_settings(self.settings)
         return self._connection
 
@@ -67,7 +70,7 @@ class Dependencies:
             if self.webhooks is None:
                 import httpx
 
-                from wholeimage.ims import USER_AGENT, shared_ssl_context
+                from wholeimage.ims.client import USER_AGENT, shared_ssl_context
 
                 self.webhooks = httpx.Client(
                     timeout=httpx.Timeout(15.0, connect=5.0),
@@ -81,129 +84,35 @@ class Dependencies:
         """The async job poller for ``check``, built from the settings on first use."""
         with self._lock:
             if self.poller is None:
-                self.poller = self._ims_connection().poller(self.settings)
+                from wholeimage.ims.poller import job_poller
+
+                self.poller = job_poller(self._ims_connection(), self.settings)
             return self.poller
 
 
-@dataclass
-class ImsConnection:
-    """Where IMS is and how we authenticate: shared by the create client and the check poller."""
+def open_store(state_url: str) -> JobStore:
+    """The store for ``WHOLEIMAGE_STATE_URL``.
 
-    base_url: str
-    project_id: str
-    auth: httpx.Auth
+    The adapter is imported only once the URL names it, so psycopg loads only where PostgreSQL is
+    configured.
+    """
+    if state_url.startswith("sqlite:///"):
+        from wholeimage.store.sqlite import SqliteJobStore
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ImsConnection:
-        """Resolve the endpoint and pick the credentials, in the documented order."""
-        from wholeimage.endpoints import resolve_endpoints
-        from wholeimage.errors import ConfigurationError
-        from wholeimage.ims import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+        return SqliteJobStore(state_url.removeprefix("sqlite:///"))
+    if state_url.startswith(("postgresql://", "postgres://")):
+        from wholeimage.store.postgres import PostgresJobStore
 
-        endpoints = resolve_endpoints(
-            cloud=settings.cloud,
-            region=settings.region,
-            ims_endpoint=settings.ims_endpoint,
-            iam_endpoint=settings.iam_endpoint,
-        )
-        project_id = settings.require_project_id()
-        auth: httpx.Auth
-        # An empty variable counts as not set (a SecretStr of "" is falsy), as for the API token.
-        if settings.access_key or settings.secret_key:
-            if not settings.access_key or not settings.secret_key:
-                raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
-            auth = AkSkAuth(
-                settings.access_key.get_secret_value(),
-                settings.secret_key.get_secret_value(),
-                project_id,
-                settings.security_token.get_secret_value() if settings.security_token else None,
-            )
-        elif settings.auth_token:
-            auth = StaticTokenAuth(settings.auth_token.get_secret_value())
-        elif settings.iam_user and settings.iam_password and settings.iam_domain:
-            if endpoints.iam is None:
-                raise ConfigurationError(
-                    "IAM endpoint unknown: set WHOLEIMAGE_IAM_ENDPOINT or WHOLEIMAGE_REGION"
-                )
-            auth = IamPasswordAuth(
-                iam_endpoint=endpoints.iam,
-                user=settings.iam_user,
-                password=settings.iam_password.get_secret_value(),
-                domain=settings.iam_domain,
-                project_id=project_id,
-            )
-        else:
-            raise ConfigurationError(
-                "no IMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
-                "(+ HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or WHOLEIMAGE_AUTH_TOKEN, "
-                "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN"
-            )
-        return cls(base_url=endpoints.ims, project_id=project_id, auth=auth)
+        return PostgresJobStore(state_url)
+    from wholeimage.errors import ConfigurationError
 
-    def _sync_http(self, settings: Settings) -> httpx.Client:
-        import httpx
-
-        from wholeimage.ims import USER_AGENT, shared_ssl_context
-
-        return httpx.Client(
-            base_url=self.base_url,
-            auth=self.auth,
-            timeout=httpx.Timeout(settings.ims_timeout, connect=min(10.0, settings.ims_timeout)),
-            verify=shared_ssl_context(),
-            headers={"User-Agent": USER_AGENT},
-        )
-
-    def client(self, settings: Settings) -> ImsClient:
-        """The synchronous client ``create`` uses, with bounded retries."""
-        from wholeimage.ims import HttpImsClient, RetryPolicy
-
-        retry = RetryPolicy(
-            max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget
-        )
-        return HttpImsClient(self._sync_http(settings), project_id=self.project_id, retry=retry)
-
-    def poller(self, settings: Settings) -> JobPoller:
-        """The async poller ``check`` uses: per-worker clients, one rate limiter."""
-        import httpx
-
-        from wholeimage.check import async_client_factory
-        from wholeimage.ims import (
-            USER_AGENT,
-            AkSkAuth,
-            HeaderSigner,
-            IamPasswordAuth,
-            StaticTokenAuth,
-            shared_ssl_context,
-        )
-        from wholeimage.poller import JobPoller, RateLimiter
-
-        base_url, sync_auth = self.base_url, self.auth
-
-        def auth_for_a_worker() -> HeaderSigner:
-            if isinstance(sync_auth, IamPasswordAuth):
-                token = sync_auth.current_token(
-                    lambda: httpx.Client(verify=shared_ssl_context(), timeout=settings.ims_timeout)
-                )
-                return StaticTokenAuth(token)
-            if isinstance(sync_auth, AkSkAuth | StaticTokenAuth):
-                return sync_auth
-            raise TypeError(f"cannot poll with {type(sync_auth).__name__}")
-
-        return JobPoller(
-            project_id=self.project_id,
-            client_factory=async_client_factory(
-                base_url=base_url,
-                auth=auth_for_a_worker,
-                timeout=settings.ims_timeout,
-                verify=shared_ssl_context(),
-                user_agent=USER_AGENT,
-            ),
-            limiter=RateLimiter(settings.ims_rate_limit),
-        )
+    raise ConfigurationError("WHOLEIMAGE_STATE_URL must be sqlite:///path or postgresql://...")
 
 
 def build_ims_client(settings: Settings) -> ImsClient:
     """An ``HttpImsClient`` for the configured endpoint and credentials."""
+    from wholeimage.ims.connection import ImsConnection
+
     return ImsConnection.from_settings(settings).client(settings)
 
 
@@ -218,7 +127,6 @@ def get_dependencies() -> Dependencies:
         if _dependencies is None:
             from wholeimage.logs import configure_logging, register_secrets
             from wholeimage.settings import get_settings
-            from wholeimage.store import open_store
 
             settings = get_settings()
             configure_logging(settings.log_level)

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from wholeimage.ims import HeaderSigner
+from wholeimage.ims.poller import JobPoller, PollResult
 from wholeimage.models import ENDED, Job, JobStatus
-from wholeimage.poller import JobPoller, KeepAlivePollClient, PollClient, PollResult
 from wholeimage.schedule import PollSchedule
-from wholeimage.store import JobStore, Outbox, PollUpdate
+from wholeimage.store.base import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
     from wholeimage.settings import Settings
@@ -346,25 +345,3 @@ async def run_check(
 def run_check_sync(**kwargs: Any) -> CheckSummary:
     """``run_check`` from synchronous code (an HTTP handler thread, a CLI)."""
     return asyncio.run(run_check(**kwargs))
-
-
-def async_client_factory(
-    *,
-    base_url: str,
-    auth: Callable[[], HeaderSigner],
-    timeout: float,
-    verify: Any,
-    user_agent: str,
-) -> Callable[[], PollClient]:
-    """Build per-worker clients: one connection each, one shared SSL context."""
-
-    def factory() -> PollClient:
-        return KeepAlivePollClient(
-            base_url=base_url,
-            auth=auth(),
-            timeout=timeout,
-            ssl_context=verify,
-            user_agent=user_agent,
-        )
-
-    return factory

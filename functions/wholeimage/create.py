@@ -27,8 +27,8 @@ from wholeimage.errors import (
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 
 if TYPE_CHECKING:
-    from wholeimage.ims import ImsClient
-    from wholeimage.store import JobStore
+    from wholeimage.ims.client import ImsClient
+    from wholeimage.store.base import JobStore
 
 log = logging.getLogger("wholeimage.create")
 

@@ -37,10 +37,7 @@ from typing import Any
 
 import httpx
 
-from wholeimage.poller import RateLimiter
-from wholeimage.results import Channel, JobResult
-from wholeimage.store import JobStore, Notification, Settlement
-from wholeimage.targets import (
+from wholeimage.channels.targets import (
     OutgoingMessage,
     RateLimit,
     Target,
@@ -49,6 +46,9 @@ from wholeimage.targets import (
     redact_url,
     target_for,
 )
+from wholeimage.ims.poller import RateLimiter
+from wholeimage.results import Channel, JobResult
+from wholeimage.store.base import JobStore, Notification, Settlement
 
 log = logging.getLogger("wholeimage.notify")
 

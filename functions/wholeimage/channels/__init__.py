@@ -1,0 +1,1 @@
+"""Notification channels: one module per chat service over shared rendering, escaping and classification."""

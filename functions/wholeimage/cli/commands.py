@@ -1,0 +1,575 @@
+"""What the operator commands do (parsed by ``wholeimage.cli.main``).
+
+Each command calls the use cases directly with the environment's dependencies, prints a table
+or (``--json``) the same JSON body the HTTP function answers, and returns its exit code.
+Expected failures are raised and turned into a message, a next step and an exit code in one
+place, ``report``, as ``web.error_response`` turns them into HTTP answers.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import re
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wholeimage.cli import tables
+from wholeimage.cli.output import (
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Output,
+)
+from wholeimage.errors import (
+    ConfigurationError,
+    ConflictError,
+    IdempotencyKeyReusedError,
+    ImsRejectedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestInvalidError,
+    SubmissionInProgressError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamUnavailableError,
+    WholeImageError,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+    from wholeimage.bootstrap import Dependencies
+    from wholeimage.models import Job
+
+# --wait: the least time between two ticks it runs (so a job due at every tick is not polled
+# in a tight loop), and how often it re-reads the job while waiting for its next poll (another
+# checker, the deployed check function, may move it along meanwhile).
+MIN_PAUSE = 1.0
+REFRESH = 5.0
+LOG_LEVEL_VARIABLE = "WHOLEIMAGE_LOG_LEVEL"
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; expected failures become a message and an exit code."""
+    output = Output(json=bool(getattr(args, "json", False)), out=sys.stdout, err=sys.stderr)
+    command = COMMANDS[args.command]
+    try:
+        return command(args, output)
+    except Exception as error:
+        known = classify(error)
+        if known is None:
+            raise  # not an expected failure: the traceback is what helps
+        code, next_step = known
+        report(error, output, next_step=f"{next_step}  (exit {code})")
+        return code
+
+
+# Each expected failure: its exit code and what the operator can do next. The first match wins,
+# so a subclass comes before its base.
+_FAILURES: tuple[tuple[type[WholeImageError], int, str], ...] = (
+    (NotFoundError, EXIT_NOT_FOUND, "check the id; wholeimage list shows the recent jobs"),
+    (ConfigurationError, EXIT_USAGE, "set the variable named above (README, Settings), run again"),
+    (RequestInvalidError, EXIT_USAGE, "fix what is listed above and run again; nothing was sent"),
+    (PayloadTooLargeError, EXIT_USAGE, "send a smaller body"),
+    (IdempotencyKeyReusedError, EXIT_USAGE, "a different body needs a new --idempotency-key"),
+    (
+        SubmissionInProgressError,
+        EXIT_UNAVAILABLE,
+        "retry in a few seconds with the same --idempotency-key",
+    ),
+    (ConflictError, EXIT_USAGE, "see the job named above: wholeimage status REQUEST_ID"),
+    (ImsRejectedError, EXIT_USAGE, "fix what IMS refused and run again; nothing was recorded"),
+    (
+        # IMS refused *our* credentials: configuration to fix, not an outage to wait out.
+        UpstreamAuthError,
+        EXIT_USAGE,
+        "check the IMS credentials: HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, "
+        "WHOLEIMAGE_AUTH_TOKEN, or WHOLEIMAGE_IAM_USER, _PASSWORD and _DOMAIN",
+    ),
+    (UpstreamUnavailableError, EXIT_UNAVAILABLE, "retry in {retry_after} s or later"),
+    (UpstreamError, EXIT_UNAVAILABLE, "retry later"),
+    (WholeImageError, EXIT_FAILED, "see the message above"),
+)
+_STORE_NEXT_STEP = "check that the database of WHOLEIMAGE_STATE_URL is reachable, then retry"
+
+
+def classify(error: BaseException) -> tuple[int, str] | None:
+    """The exit code of an expected failure and the next step; None for anything else."""
+    for kind, code, next_step in _FAILURES:
+        if isinstance(error, kind):
+            return code, next_step.format(retry_after=getattr(error, "retry_after", "a few"))
+    if _store_unavailable(error):
+        return EXIT_UNAVAILABLE, _STORE_NEXT_STEP
+    return None
+
+
+def _store_unavailable(error: BaseException) -> bool:
+    """The database is unreachable or busy: SQLite locked or unopenable, PostgreSQL down."""
+    if isinstance(error, sqlite3.OperationalError):
+        return True
+    # Only when the PostgreSQL store was used, so this never imports psycopg itself.
+    psycopg = sys.modules.get("psycopg")
+    pool = sys.modules.get("psycopg_pool")
+    return bool(
+        (psycopg is not None and isinstance(error, psycopg.OperationalError))
+        or (pool is not None and isinstance(error, pool.PoolTimeout))
+    )
+
+
+def report(error: BaseException, output: Output, *, next_step: str) -> None:
+    """Print ``error`` to stderr: its JSON error body with ``--json``, else words and a next step."""
+    if isinstance(error, WholeImageError):
+        body = error.body()
+    else:
+        from wholeimage.logs import redact
+
+        # The driver's own words, first line only and redacted: they may quote the connection
+        # URL, whose password is not among the registered secrets.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first_line = redact(_URL_PASSWORD.sub(r"\1[REDACTED]@", first_line))[:300]
+        body = {
+            "error": {
+                "code": "upstream_unavailable",
+                "message": f"the state store (WHOLEIMAGE_STATE_URL) failed: {first_line}",
+                "details": [],
+            }
+        }
+    if output.json:
+        print(json.dumps(body, ensure_ascii=False), file=output.err)
+        return
+    problem = body["error"]
+    lines = [f"error: {problem['message']}"]
+    lines += [f"  {detail['path']}: {detail['message']}" for detail in problem["details"]]
+    upstream = problem.get("upstream")
+    if upstream:
+        said = " ".join(
+            str(upstream[k]) for k in ("status", "code", "message", "error") if upstream.get(k)
+        )
+        lines.append(f"  upstream said: {said}")
+    lines.append(f"next: {next_step}")
+    print("\n".join(lines), file=output.err)
+
+
+def dependencies() -> Dependencies:
+    """The environment's dependencies, with logs moved off stdout (it carries the answer)."""
+    from wholeimage.bootstrap import get_dependencies
+
+    deps = get_dependencies()
+    logger = logging.getLogger("wholeimage")
+    for handler in logger.handlers:
+        # Exactly the handler configure_logging adds: a subclass is someone else's (a file,
+        # a test runner's capture) and keeps its stream.
+        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
+            handler.setStream(sys.stderr)
+    if LOG_LEVEL_VARIABLE not in os.environ:
+        # A person at a terminal wants the answer, not a log line per poll.
+        logger.setLevel(logging.WARNING)
+    return deps
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def read_json(path: str) -> Any:
+    """The JSON document in ``path`` (``-``: stdin), or why not, as create would say it.
+
+    Raises:
+        RequestInvalidError: unreadable, empty, not UTF-8 or not JSON.
+    """
+    where = "stdin" if path == "-" else path
+    try:
+        if path == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        else:
+            data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RequestInvalidError(
+            f"cannot read {where}: {exc.strerror or exc}",
+            details=[{"path": "$", "message": f"--file {path} is not readable"}],
+        ) from None
+    if not data.strip():
+        raise RequestInvalidError(
+            f"the body in {where} is empty",
+            details=[{"path": "$", "message": "a JSON object is required"}],
+        )
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise RequestInvalidError(
+            f"the body in {where} is not UTF-8",
+            details=[{"path": "$", "message": "not valid UTF-8"}],
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RequestInvalidError(
+            f"the body in {where} is not valid JSON",
+            details=[
+                {"path": "$", "message": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}
+            ],
+        ) from None
+
+
+def body_from(args: argparse.Namespace) -> Any:
+    """The create body: ``--file`` first, then each flag given sets its field.
+
+    Raises:
+        RequestInvalidError: no body at all, or the file cannot be read as JSON.
+    """
+    flags: dict[str, Any] = {
+        "name": args.name,
+        "description": args.description,
+        "instance_id": args.instance_id,
+        "vault_id": args.vault_id,
+        "backup_id": args.backup_id,
+        "whole_image_type": "CBR" if args.cbr else None,
+    }
+    given = {field: value for field, value in flags.items() if value is not None}
+    if args.file is None and not given and not args.tag:
+        raise RequestInvalidError(
+            "no body: give --file body.json (or --file - for stdin), or --name with "
+            "--instance-id or --backup-id",
+            details=[{"path": "$", "message": "a JSON object is required"}],
+        )
+    body = read_json(args.file) if args.file is not None else {}
+    if not isinstance(body, dict):
+        return body  # validation says what is wrong with it; flags cannot fix a non-object
+    body.update(given)
+    if args.tag:
+        existing = body.get("image_tags")
+        tags = list(existing) if isinstance(existing, list) else []
+        tags += [{"key": key, "value": value} for key, value in args.tag]
+        body["image_tags"] = tags
+    return body
+
+
+def requested_by() -> str:
+    """Who asked, for the job record and the chat message: ``cli:<user>@<host>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container without a passwd entry or USER
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"[:256]
+
+
+_SUBMIT_MESSAGES = {
+    "SUBMITTED": "IMS accepted the request; the job is tracked until it ends.",
+    "SUBMIT_UNCERTAIN": (
+        "IMS did not answer in time after the request was sent: it may or may not have created "
+        "the job. It was recorded and will not be resubmitted automatically; check IMS before "
+        "retrying with a new idempotency key."
+    ),
+}
+
+
+def submit(args: argparse.Namespace, output: Output) -> int:
+    """``submit``: validate, submit to IMS, record; with ``--wait``, follow it to its verdict."""
+    from wholeimage.create import submit_create
+    from wholeimage.models import CreateImageRequest, JobStatus
+    from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate
+
+    body = body_from(args)
+    # Validation needs no settings: a bad body is refused even where nothing is configured.
+    validate(CREATE_REQUEST_SCHEMA, body)
+    request = CreateImageRequest.model_validate(body)
+    deps = dependencies()
+    outcome = submit_create(
+        request,
+        idempotency_key=args.idempotency_key,
+        requested_by=requested_by(),
+        trace=None,
+        ims=deps.ims_client(),
+        store=deps.store,
+    )
+    job = outcome.job
+    message = _SUBMIT_MESSAGES.get(job.status.value, "The job is tracked.")
+    if outcome.replayed:
+        message = (
+            "Replayed: this idempotency key was used before with the same body; this is that "
+            "job (no second IMS job)."
+        )
+    if job.status is JobStatus.SUBMIT_UNCERTAIN:
+        output.answer({**job.public_view(None), "message": message}, job_text(job, message))
+        return EXIT_UNAVAILABLE
+    if not args.wait:
+        follow = f"follow it: wholeimage status {job.ims_job_id or job.request_id}"
+        output.answer(
+            {**job.public_view(None), "message": message}, job_text(job, f"{message}\n{follow}")
+        )
+        return EXIT_OK
+    output.progress(f"{message} Waiting for its verdict (Ctrl-C stops waiting, not the job).")
+    try:
+        job, unfinished = wait_for_verdict(deps, job, timeout=args.timeout, output=output)
+    except KeyboardInterrupt:
+        output.progress(
+            f"stopped waiting; the job goes on: wholeimage status {job.ims_job_id or job.request_id}"
+        )
+        return 130  # the shell's code for "interrupted"
+    return verdict(job, unfinished, output)
+
+
+def verdict(job: Job, unfinished: str | None, output: Output) -> int:
+    """Print where the job ended up; exit 0 for SUCCESS, 1 for anything else.
+
+    Args:
+        job: The job as the wait last read it.
+        unfinished: Why the wait stopped without a verdict, or None when there is one.
+        output: Where to print.
+    """
+    from wholeimage.models import JobStatus
+
+    if unfinished is not None:
+        message = (
+            f"{unfinished}; the job is still tracked: wholeimage status "
+            f"{job.ims_job_id or job.request_id}"
+        )
+    else:
+        message = f"The job ended: {job.status.value}."
+    output.answer({**job.public_view(None), "message": message}, job_text(job, message))
+    if unfinished is None and job.status is JobStatus.SUCCESS:
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def wait_for_verdict(
+    deps: Dependencies,
+    job: Job,
+    *,
+    timeout: float | None,
+    output: Output,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Job, str | None]:
+    """Run check ticks here until ``job`` has a verdict, printing each change of progress.
+
+    A tick runs only when the job is due (its next poll time, which the adaptive schedule
+    sets), never twice within ``MIN_PAUSE``; meanwhile the job is re-read every ``REFRESH``
+    seconds, so progress made by another checker shows too.
+
+    Returns:
+        The job as last read, and None when it has a verdict, else why the wait stopped.
+    """
+    from wholeimage.models import OUTSTANDING
+    from wholeimage.service import check_tick
+
+    started = clock()
+    last_tick: float | None = None
+    shown = _progress_of(job)
+    output.progress(progress_line(job))
+    while job.status in OUTSTANDING:
+        elapsed = clock() - started
+        if timeout is not None and elapsed >= timeout:
+            return job, f"still {job.status.value} after {timeout:g} s"
+        due_in = (
+            (job.next_poll_at - datetime.now(UTC)).total_seconds()
+            if job.next_poll_at is not None
+            else 0.0
+        )
+        since_tick = clock() - last_tick if last_tick is not None else MIN_PAUSE
+        if due_in <= 0 and since_tick >= MIN_PAUSE:
+            answer = check_tick(deps)
+            last_tick = clock()
+            if answer.get("aborted"):
+                return job, f"the check tick aborted ({answer['aborted']})"
+        else:
+            pause = min(max(due_in, MIN_PAUSE - since_tick), REFRESH)
+            if timeout is not None:
+                pause = min(pause, timeout - elapsed)
+            sleep(max(pause, 0.0))
+        job = deps.store.get(job.request_id) or job
+        if _progress_of(job) != shown:
+            shown = _progress_of(job)
+            output.progress(progress_line(job))
+    return job, None
+
+
+def _progress_of(job: Job) -> tuple[str, str]:
+    return job.status.value, tables.percent(job.process_percent)
+
+
+def progress_line(job: Job) -> str:
+    """``2026-11-27 10:58:08Z  RUNNING  42%``: one line per change while waiting."""
+    return f"{tables.moment(datetime.now(UTC))}  {job.status.value:<9}  {tables.percent(job.process_percent)}"
+
+
+def job_text(job: Job, message: str | None = None) -> str:
+    """One job for people: its fields, aligned, then what it means."""
+    error = ": ".join(part for part in (job.error_code, job.fail_reason) if part)
+    rows: list[tuple[str, object]] = [
+        ("request id", job.request_id),
+        ("IMS job id", job.ims_job_id),
+        ("status", job.status.value),
+        ("progress", tables.percent(job.process_percent)),
+        ("image name", job.request.name),
+        ("image id", job.image_id),
+        ("source", f"{job.source_kind} {job.source_id}"),
+        ("error", error or None),
+        ("requested by", job.requested_by),
+        ("idempotency key", job.idempotency_key),
+        ("recorded", job.created_at),
+        ("submitted", job.submitted_at),
+        ("ended", job.ended_at),
+    ]
+    text = tables.fields(rows)
+    return f"{text}\n\n{message}" if message else text
+
+
+# --- status and list ---------------------------------------------------------------------------
+
+
+def status(args: argparse.Namespace, output: Output) -> int:
+    """``status``: one job by IMS job id or request id; exit 1 when it failed or timed out."""
+    from wholeimage.models import JobStatus
+
+    deps = dependencies()
+    job = deps.store.get_by_ims_job_id(args.job) or deps.store.get(args.job)
+    if job is None:
+        raise NotFoundError(f"no tracked job has the IMS job id or request id {args.job!r}")
+    output.answer(job.public_view(None), job_text(job))
+    return EXIT_FAILED if job.status in (JobStatus.FAIL, JobStatus.TIMED_OUT) else EXIT_OK
+
+
+def list_jobs(args: argparse.Namespace, output: Output) -> int:
+    """``list``: tracked jobs, newest first."""
+    from wholeimage.models import JobStatus
+
+    statuses = {JobStatus(name) for names in args.status for name in names} or None
+    deps = dependencies()
+    jobs = deps.store.list_jobs(statuses=statuses, since=args.since, limit=args.limit)
+    rows = [
+        (
+            job.created_at,
+            job.request_id,
+            job.ims_job_id,
+            job.status.value,
+            tables.percent(job.process_percent),
+            job.request.name,
+            f"{job.source_kind} {job.source_id}",
+        )
+        for job in jobs
+    ]
+    text = tables.table(
+        ("RECORDED", "REQUEST ID", "IMS JOB ID", "STATUS", "PROGRESS", "IMAGE NAME", "SOURCE"),
+        rows,
+    )
+    if not jobs:
+        text += "\n(no jobs match)"
+    output.answer({"jobs": [job.public_view(None) for job in jobs]}, text)
+    return EXIT_OK
+
+
+# --- tick and notify ---------------------------------------------------------------------------
+
+
+def tick(args: argparse.Namespace, output: Output) -> int:
+    """``tick``: one check tick; exit 1 when it aborted."""
+    from wholeimage.service import check_tick
+
+    answer = check_tick(dependencies())
+    rows: list[tuple[str, object]] = [
+        ("polled", answer["polled"]),
+        ("ended", tables.counts(answer["ended"])),
+        ("errors", tables.counts(answer["errors"])),
+        ("still outstanding", answer["still_outstanding"]),
+        ("next due", tables.moment(answer["next_due_at"])),
+        ("budget exhausted", answer["budget_exhausted"]),
+        ("aborted", answer["aborted"]),
+        ("lost leases", answer["lost_leases"]),
+        ("duration", f"{answer['duration_s']:.3f} s"),
+    ]
+    if "notify" in answer:
+        rows.append(("notified", _notify_counts(answer["notify"])))
+    output.answer(answer, tables.fields(rows))
+    if answer.get("aborted"):
+        output.progress(
+            f"the tick aborted: {answer['aborted']}\nnext: check the IMS credentials "
+            "(HUAWEICLOUD_SDK_AK/SK, WHOLEIMAGE_AUTH_TOKEN or WHOLEIMAGE_IAM_*); no job was failed"
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _notify_counts(summary: dict[str, Any]) -> str:
+    keys = ("delivered", "retried", "dead", "digests")
+    return tables.counts({key: summary[key] for key in keys if key in summary})
+
+
+def notify(args: argparse.Namespace, output: Output) -> int:
+    """``notify``: deliver the outbox (re-driving dead letters first), or list dead letters."""
+    from wholeimage.service import notify_now
+    from wholeimage.web import dead_letter_view
+
+    deps = dependencies()
+    if args.dead_letters:
+        dead = [dead_letter_view(row) for row in deps.store.dead_letters()]
+        text = tables.table(
+            ("ID", "CHANNEL", "ATTEMPTS", "DEAD SINCE", "LAST ERROR"),
+            [
+                (
+                    row["id"],
+                    row["channel"],
+                    row["attempts"],
+                    tables.moment(row["dead_at"]),
+                    row["last_error"],
+                )
+                for row in dead
+            ],
+        )
+        if dead:
+            text += "\n\nre-drive them: wholeimage notify --redrive all (or --redrive ID,ID)"
+        output.answer(dead, text)
+        return EXIT_OK
+    answer: dict[str, Any] = {}
+    if args.redrive is not None:
+        ids = None if args.redrive == "all" else [part for part in args.redrive.split(",") if part]
+        answer["redriven"] = deps.store.redrive(ids, now=datetime.now(UTC))
+    answer.update(notify_now(deps).as_json())
+    rows: list[tuple[str, object]] = [
+        ("redriven", answer.get("redriven")),
+        ("claimed", answer["claimed"]),
+        ("messages", tables.counts(answer["messages"])),
+        ("delivered", answer["delivered"]),
+        ("retried", answer["retried"]),
+        ("dead", answer["dead"]),
+        ("digests", answer["digests"]),
+        ("errors", tables.counts(answer["errors"])),
+        ("budget exhausted", answer["budget_exhausted"]),
+    ]
+    output.answer(answer, tables.fields(rows))
+    return EXIT_OK
+
+
+def serve(args: argparse.Namespace, output: Output) -> int:
+    """``serve``: the three functions in one process (``wholeimage.cli.serve``)."""
+    from wholeimage.cli.serve import serve as serve_forever
+
+    return serve_forever(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        server=args.server,
+        source=Path(args.source) if args.source else None,
+        output=output,
+    )
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
+    "submit": submit,
+    "status": status,
+    "list": list_jobs,
+    "tick": tick,
+    "notify": notify,
+    "serve": serve,
+}

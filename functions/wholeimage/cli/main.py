@@ -1,0 +1,289 @@
+"""The operator command line: ``wholeimage <command>`` or ``python -m wholeimage <command>``.
+
+``python -m wholeimage`` runs from ``functions/`` (or with ``PYTHONPATH=functions``); the
+``wholeimage`` console script comes with ``pip install -e .``. Every command reads the same
+settings as the functions (the environment) and calls the same use cases directly, no HTTP
+in between: ``submit`` (create, and ``--wait`` drives check until the verdict), ``status``,
+``list``, ``tick`` (one check tick: what a CronJob or a crontab line runs), ``notify``,
+and ``serve`` (the three functions in one process). The local IMS emulator is a development
+tool outside the package: ``python -m ims_emulator`` (``tools/ims_emulator/README.md``).
+
+This module only parses: it imports nothing beyond the standard library at import time, so
+``--help`` is instant; each command's modules load when it runs (``wholeimage.cli.commands``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from wholeimage.cli.output import EXIT_CODES_HELP
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+STATUS_NAMES = (
+    "SUBMITTING",
+    "SUBMIT_UNCERTAIN",
+    "SUBMITTED",
+    "INIT",
+    "RUNNING",
+    "SUCCESS",
+    "FAIL",
+    "TIMED_OUT",
+)
+# Groups an operator thinks in; the same sets as wholeimage.models OUTSTANDING and ENDED.
+STATUS_GROUPS = {
+    "OUTSTANDING": ("SUBMITTED", "INIT", "RUNNING"),
+    "ENDED": ("SUCCESS", "FAIL", "TIMED_OUT"),
+}
+
+
+def since_moment(text: str, *, now: datetime | None = None) -> datetime:
+    """``2h``, ``1d``, ``1h30m`` (that long ago) or an ISO 8601 time (UTC when it has no offset).
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else, saying what is accepted.
+    """
+    value = text.strip().lower()
+    if value and _DURATION_PART.sub("", value) == "":
+        seconds = sum(
+            int(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(value)
+        )
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30m, 2h, 1d, 1h30m) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def status_names(text: str) -> list[str]:
+    """One ``--status`` value: a status, a comma list of them, ``outstanding`` or ``ended``.
+
+    Raises:
+        argparse.ArgumentTypeError: for an unknown name, listing the known ones.
+    """
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip().upper().replace("-", "_")
+        if name in STATUS_GROUPS:
+            names.extend(STATUS_GROUPS[name])
+        elif name in STATUS_NAMES:
+            names.append(name)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown status {part.strip()!r}; use {', '.join(STATUS_NAMES)}, "
+                "outstanding or ended"
+            )
+    return names
+
+
+def tag(text: str) -> tuple[str, str]:
+    """``--tag KEY=VALUE`` (the value may be empty).
+
+    Raises:
+        argparse.ArgumentTypeError: without ``=`` or with an empty key.
+    """
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: a tag is KEY=VALUE, such as owner=ops")
+    return key, value
+
+
+def idempotency_key(text: str) -> str:
+    """``--idempotency-key``: what the ``Idempotency-Key`` header of ``create`` accepts.
+
+    Raises:
+        argparse.ArgumentTypeError: empty, over 255 characters, or not printable.
+    """
+    from wholeimage.idempotency import IDEMPOTENCY_KEY_RULE, clean_idempotency_key
+
+    key = clean_idempotency_key(text)
+    if key is None:
+        raise argparse.ArgumentTypeError(f"an idempotency key is {IDEMPOTENCY_KEY_RULE}")
+    return key
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds (``--timeout``).
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", help="print JSON for scripts instead of a table"
+    )
+    parser = argparse.ArgumentParser(
+        prog="wholeimage",
+        description="Operate wholeimage: submit full-ECS image requests, follow and list jobs, "
+        "run check and notify, serve the functions.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    submit = command(
+        "submit",
+        "submit a full-ECS image request (like POST to create)",
+        "Validate the body against schemas/create-request.schema.json (every failing field is "
+        "listed), submit it to IMS and record the job, as the create function does. The body "
+        "comes from --file (a JSON file, or - for stdin), from the flags, or both: flags win.",
+    )
+    body = submit.add_argument_group("the body")
+    body.add_argument("--file", "-f", metavar="PATH", help="a JSON body; - reads stdin")
+    body.add_argument("--name", help="the image name")
+    body.add_argument("--instance-id", metavar="ID", help="image this ECS")
+    body.add_argument("--vault-id", metavar="ID", help="CBR vault the ECS is backed up into")
+    body.add_argument("--backup-id", metavar="ID", help="image this CSBS or CBR backup")
+    body.add_argument("--cbr", action="store_true", help="the backup is a CBR backup")
+    body.add_argument("--description", help="free text about the image")
+    body.add_argument(
+        "--tag",
+        type=tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an image tag (repeatable), sent as image_tags",
+    )
+    submit.add_argument(
+        "--idempotency-key",
+        type=idempotency_key,
+        metavar="KEY",
+        help="makes a retry safe: the same key and body replay the first job",
+    )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="then run check ticks here until the job's verdict, one progress line per change",
+    )
+    submit.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long (exit 1; the job goes on)",
+    )
+
+    status = command(
+        "status",
+        "show one tracked job (like GET create?job_id=)",
+        "Show a tracked job by its IMS job id or by our request id. Exit 1 when it failed or "
+        "timed out, 4 when no job has this id.",
+    )
+    status.add_argument("job", metavar="JOB_ID|REQUEST_ID")
+
+    listing = command(
+        "list",
+        "list tracked jobs, newest first",
+        "List tracked jobs, newest first (by when they were recorded).",
+    )
+    listing.add_argument(
+        "--status",
+        type=status_names,
+        action="append",
+        default=[],
+        metavar="S",
+        help="only these statuses (repeatable, or a comma list; outstanding and ended too)",
+    )
+    listing.add_argument(
+        "--since",
+        type=since_moment,
+        metavar="WHEN",
+        help="only jobs recorded since: 30m, 2h, 1d, 1h30m ago, or an ISO 8601 time",
+    )
+    listing.add_argument(
+        "--limit", type=positive_int, default=50, metavar="N", help="at most N (default 50)"
+    )
+
+    command(
+        "tick",
+        "run one check tick and print its summary",
+        "Poll the due IMS jobs once, as the check function does (what a CronJob or a crontab "
+        "line runs). Exit 1 when the tick aborted (IMS refused our credentials).",
+    )
+
+    notify = command(
+        "notify",
+        "deliver pending notifications and print a summary",
+        "Deliver what the notification outbox holds, as the notify function does.",
+    )
+    notify.add_argument("--redrive", metavar="all|ID,ID", help="re-drive dead letters first")
+    notify.add_argument("--dead-letters", action="store_true", help="only list the dead letters")
+
+    serve = command(
+        "serve",
+        "serve the three functions in one process",
+        "Serve create, check and notify at /create, /check and /notify of one HTTP server: each "
+        "is the app functions-framework makes from functions/main.py, as deployed. For local "
+        "use and small VMs; gunicorn when available, else werkzeug's server.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    serve.add_argument(
+        "--workers", type=positive_int, default=1, help="gunicorn worker processes (default 1)"
+    )
+    serve.add_argument(
+        "--threads", type=positive_int, default=8, help="threads per worker (default 8)"
+    )
+    serve.add_argument(
+        "--server",
+        choices=("auto", "gunicorn", "werkzeug"),
+        default="auto",
+        help="auto: gunicorn when it can be imported (not on Windows), else werkzeug",
+    )
+    serve.add_argument(
+        "--source",
+        metavar="PATH",
+        help="functions/main.py to serve (default: the one beside the wholeimage package)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run one command; returns the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
+    from wholeimage.cli.commands import run
+
+    return run(args)

@@ -1,0 +1,101 @@
+"""Where IMS is and how we authenticate: what the create client and the check poller share.
+
+``ImsConnection.from_settings`` resolves the endpoint and picks the credentials in the documented
+order (AK/SK, then a static token, then an IAM password); ``client`` builds the synchronous client
+``create`` uses. The poller ``check`` uses is built from the same connection by
+``wholeimage.ims.poller.job_poller``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+
+from wholeimage.errors import ConfigurationError
+from wholeimage.ims.client import (
+    USER_AGENT,
+    AkSkAuth,
+    HttpImsClient,
+    IamPasswordAuth,
+    ImsClient,
+    RetryPolicy,
+    StaticTokenAuth,
+    shared_ssl_context,
+)
+from wholeimage.ims.endpoints import resolve_endpoints
+
+if TYPE_CHECKING:
+    from wholeimage.settings import Settings
+
+
+@dataclass
+class ImsConnection:
+    """Where IMS is and how we authenticate: shared by the create client and the check poller."""
+
+    base_url: str
+    project_id: str
+    auth: httpx.Auth
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImsConnection:
+        """Resolve the endpoint and pick the credentials, in the documented order."""
+
+        endpoints = resolve_endpoints(
+            cloud=settings.cloud,
+            region=settings.region,
+            ims_endpoint=settings.ims_endpoint,
+            iam_endpoint=settings.iam_endpoint,
+        )
+        project_id = settings.require_project_id()
+        auth: httpx.Auth
+        # An empty variable counts as not set (a SecretStr of "" is falsy), as for the API token.
+        if settings.access_key or settings.secret_key:
+            if not settings.access_key or not settings.secret_key:
+                raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
+            auth = AkSkAuth(
+                settings.access_key.get_secret_value(),
+                settings.secret_key.get_secret_value(),
+                project_id,
+                settings.security_token.get_secret_value() if settings.security_token else None,
+            )
+        elif settings.auth_token:
+            auth = StaticTokenAuth(settings.auth_token.get_secret_value())
+        elif settings.iam_user and settings.iam_password and settings.iam_domain:
+            if endpoints.iam is None:
+                raise ConfigurationError(
+                    "IAM endpoint unknown: set WHOLEIMAGE_IAM_ENDPOINT or WHOLEIMAGE_REGION"
+                )
+            auth = IamPasswordAuth(
+                iam_endpoint=endpoints.iam,
+                user=settings.iam_user,
+                password=settings.iam_password.get_secret_value(),
+                domain=settings.iam_domain,
+                project_id=project_id,
+            )
+        else:
+            raise ConfigurationError(
+                "no IMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
+                "(+ HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or WHOLEIMAGE_AUTH_TOKEN, "
+                "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN"
+            )
+        return cls(base_url=endpoints.ims, project_id=project_id, auth=auth)
+
+    def _sync_http(self, settings: Settings) -> httpx.Client:
+
+        return httpx.Client(
+            base_url=self.base_url,
+            auth=self.auth,
+            timeout=httpx.Timeout(settings.ims_timeout, connect=min(10.0, settings.ims_timeout)),
+            verify=shared_ssl_context(),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def client(self, settings: Settings) -> ImsClient:
+        """The synchronous client ``create`` uses, with bounded retries."""
+
+        retry = RetryPolicy(
+            max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget
+        )
+        return HttpImsClient(self._sync_http(settings), project_id=self.project_id, retry=retry)

@@ -1,0 +1,1235 @@
+"""Local IMS emulator: create full-ECS image jobs, query them, get IAM tokens, inject faults.
+
+A small standalone HTTP server (standard library plus our ``signer``) that speaks the parts of
+the Image Management Service our functions use, so tests, the demo and the benchmark run without
+a cloud account. It starts in milliseconds and needs no network.
+
+Served routes (shapes per ``ims-api.md``):
+
+=====================================================  ============================================
+``POST /v1/cloudimages/wholeimages/action``            create, 200 ``{"job_id": "<32 hex>"}``
+``GET  /v1/{project_id}/jobs/{job_id}``                job status (``ShowJob``)
+``GET  /v1/cloudimages/job/{job_id}``                  job progress (``ShowJobProgress``)
+``POST /v3/auth/tokens``                               IAM password token, 201 + ``X-Subject-Token``
+``/_emulator/...``                                     admin routes, no auth (see ``_admin``)
+=====================================================  ============================================
+
+Error codes chosen where the documentation leaves a choice:
+
+* IMS body ``{"error": {"code", "message"}}``, HTTP 400 unless noted: IMG.0007 empty body,
+  IMG.0001 not a JSON object or both ``instance_id`` and ``backup_id`` given, IMG.0013 name
+  missing, IMG.0002 name over 128 characters, IMG.0003 name format, IMG.0012 neither source
+  given (IMG.0019 instead when ``whole_image_type`` shows a backup was meant, or ``backup_id``
+  is not a string), IMG.0005 instance listed in ``unknown_instances``, IMG.0020 backup listed in
+  ``unknown_backups``, IMG.0029 backup already has a running or successful job, IMG.0067
+  AK/SK call to a project-less path without ``X-Project-Id`` equal to the configured project,
+  IMG.0030 path ``{project_id}`` other than the configured one, **404** IMG.0023 unknown job.
+* Gateway body ``{"error_msg", "error_code", "request_id"}``: 401 APIGW.0301 for every
+  authentication failure (no credentials, unknown AK, bad signature, bad or unknown token,
+  security token missing or wrong), 401 APIGW.0303 for ``X-Sdk-Date`` more than 15 minutes
+  off, 404 APIGW.0101 for an unknown route, 429 APIGW.0308 as the default throttling body.
+* IAM body ``{"error": {"code": <int>, "message", "title"}}``: 400 malformed, 401 wrong user,
+  password, domain or project.
+* A failed job reports ``error_code`` ``IMG.0014`` (exception in the underlying task) and a
+  ``fail_reason`` by default; both are configurable, and ``finish_job`` can set any code.
+
+Clock: job progress, token expiry, the ``X-Sdk-Date`` check and recorded times all read the
+injectable ``clock``, so a test drives a job through INIT, RUNNING and SUCCESS without sleeping.
+Latency and fault delays are real time.
+
+Run: ``PYTHONPATH=functions:tools python -m ims_emulator --port 8090`` (``--help`` lists flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import random
+import re
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from types import FrameType, TracebackType
+from typing import Any, Final, Literal, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from wholeimage.ims import signer
+
+CREATE_PATH: Final = "/v1/cloudimages/wholeimages/action"
+IAM_TOKENS_PATH: Final = "/v3/auth/tokens"
+ADMIN_PREFIX: Final = "/_emulator/"
+ROUTES: Final = ("create", "job", "iam")
+JOB_TYPE_BY_INSTANCE: Final = "imsCreateWholeImageByInstanceJob"
+JOB_TYPE_BY_BACKUP: Final = "imsCreateWholeImageByBackupJob"
+DEFAULT_PROJECT_ID: Final = "0123456789abcdef0123456789abcdef"
+
+Outcome = Literal["SUCCESS", "FAIL"]
+
+# The first tenth of a job is INIT, as on IMS where the job waits for a worker first.
+_INIT_FRACTION: Final = 0.1
+_MAX_NAME_LENGTH: Final = 128
+_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9\-._ \u4e00-\u9fff]+$")
+_PROJECT_JOB_PATH: Final = re.compile(r"^/v1/(?P<project_id>[^/]+)/jobs/(?P<job_id>[^/]+)$")
+_PROGRESS_JOB_PATH: Final = re.compile(r"^/v1/cloudimages/job/(?P<job_id>[^/]+)$")
+_FINISH_PATH: Final = re.compile(r"^jobs/(?P<job_id>[^/]+)/finish$")
+# strftime's %b follows the locale; the old IMS format is always English.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_JSON: Final = "application/json;charset=UTF-8"
+
+
+@dataclass
+class EmulatorConfig:
+    """What the emulator accepts and how its jobs behave; read on every request, so it may change.
+
+    Attributes:
+        ak: The access key AK/SK requests must be signed with.
+        sk: The secret key matching ``ak``.
+        project_id: The only project; path ``{project_id}`` and ``X-Project-Id`` must equal it.
+        security_token: When set, AK/SK requests must carry and sign an equal ``X-Security-Token``
+            (temporary credentials); when unset, a request carrying one is refused.
+        auth_token: A static token accepted as ``X-Auth-Token`` besides IAM-issued ones.
+        iam_user: IAM user name for ``POST /v3/auth/tokens``.
+        iam_password: Its password.
+        iam_domain: Its domain (account) name; a domain ``id`` equal to it is accepted too.
+        iam_project_name: Project name a token request may scope to instead of ``project_id``.
+        token_ttl_seconds: Lifetime of an IAM-issued token (IAM: 24 h).
+        job_seconds: Time from creation to the outcome; fixed per job at its creation.
+        latency_ms: Added to every IMS and IAM request before it is answered.
+        fail_ratio: Probability (seeded) that a job ends in FAIL.
+        fail_sources: Image names, instance ids or backup ids whose jobs always FAIL.
+        fail_error_code: ``error_code`` of a failed job.
+        fail_reason: ``fail_reason`` of a failed job.
+        unknown_instances: Instance ids IMS does not know (create answers IMG.0005).
+        unknown_backups: Backup ids IMS does not know (create answers IMG.0020).
+        old_time_format: Report times as ``04-Jun-2015 18:11:06:586`` instead of ISO 8601.
+        job_overrides: Top-level keys merged into every job response (``{"status": None}``).
+        job_omit: Top-level keys removed from every job response (``("status",)``).
+        seed: Seed of the outcome lottery; ``None`` for a random one.
+        max_clock_skew_seconds: Allowed ``X-Sdk-Date`` difference (gateway: 15 minutes).
+        hang_seconds: How long a ``Fault(hang=True)`` without a delay holds the connection.
+        record_requests: Keep every request in ``ImsEmulator.requests`` (off for long benchmarks).
+    """
+
+    ak: str = "EMULATORAK"
+    sk: str = "emulator-secret-key"
+    project_id: str = DEFAULT_PROJECT_ID
+    security_token: str | None = None
+    auth_token: str | None = None
+    iam_user: str = "emulator-user"
+    iam_password: str = "emulator-password"  # noqa: S105 - a fixed demo credential of a local fake
+    iam_domain: str = "emulator-domain"
+    iam_project_name: str = "eu-de"
+    token_ttl_seconds: float = 24 * 3600.0
+    job_seconds: float = 10.0
+    latency_ms: float = 0.0
+    fail_ratio: float = 0.0
+    fail_sources: set[str] = field(default_factory=set)
+    fail_error_code: str = "IMG.0014"
+    fail_reason: str = "An exception occurred in the underlying task (emulated failure)."
+    unknown_instances: set[str] = field(default_factory=set)
+    unknown_backups: set[str] = field(default_factory=set)
+    old_time_format: bool = False
+    job_overrides: dict[str, Any] = field(default_factory=dict)
+    job_omit: tuple[str, ...] = ()
+    seed: int | None = 0
+    max_clock_skew_seconds: float = 900.0
+    hang_seconds: float = 600.0
+    record_requests: bool = True
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One canned behaviour for the next call of a route, queued with ``ImsEmulator.inject``.
+
+    Without ``status`` the call is answered normally (after ``delay``, with ``override`` and
+    ``omit`` applied to a JSON object body), so ``Fault(delay=2.0)`` is just a slow answer.
+
+    Attributes:
+        status: Answer with this status, ``headers`` and ``body`` instead of the real answer.
+        headers: Extra response headers, e.g. ``{"Retry-After": "1"}``.
+        body: JSON-able value, ``str`` or ``bytes``; ``None`` picks a body fitting ``status``.
+        delay: Seconds to wait before answering (or before dropping).
+        hang: Hold the connection (``delay`` seconds, else ``hang_seconds``), then drop it:
+            longer than any sensible client timeout.
+        drop: Close the connection without an answer.
+
+    Faults fire before authentication, as a gateway's throttling does, and count as calls.
+        override: Keys merged into the real JSON body (e.g. ``{"status": None}``).
+        omit: Keys removed from the real JSON body (e.g. ``("status",)``).
+    """
+
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    delay: float = 0.0
+    hang: bool = False
+    drop: bool = False
+    override: Mapping[str, Any] = field(default_factory=dict)
+    omit: tuple[str, ...] = ()
+
+    @classmethod
+    def throttled(cls, retry_after: int = 1) -> Fault:
+        """A gateway 429 (APIGW.0308) with ``Retry-After``."""
+        return cls(status=429, headers={"Retry-After": str(retry_after)})
+
+    @classmethod
+    def ims_error(cls, code: str, message: str, status: int = 400) -> Fault:
+        """An IMS error answer, e.g. ``Fault.ims_error("IMG.0060", "flow control")``."""
+        return cls(status=status, body={"error": {"code": code, "message": message}})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Fault:
+        """Build a fault from the JSON of ``POST /_emulator/faults``.
+
+        Raises:
+            ValueError: for an unknown key.
+        """
+        known = {item.name for item in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault keys: {sorted(unknown)}")
+        values = dict(data)
+        if "omit" in values:
+            values["omit"] = tuple(values["omit"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the emulator received (admin routes are not recorded).
+
+    Attributes:
+        method: HTTP method.
+        path: Path as sent, without the query.
+        query: Decoded query pairs in order.
+        headers: Headers with lower-cased names.
+        body: Raw body bytes.
+        time: ``clock()`` at arrival.
+        route: ``create``, ``job``, ``iam`` or ``unknown``.
+    """
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    time: float
+    route: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for ``GET /_emulator/requests`` (body decoded as UTF-8, lossy)."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": [list(pair) for pair in self.query],
+            "headers": self.headers,
+            "body": self.body.decode("utf-8", errors="replace"),
+            "time": self.time,
+            "route": self.route,
+        }
+
+
+@dataclass
+class EmulatedJob:
+    """A create job; its status is derived from the clock, its outcome is fixed at creation.
+
+    Attributes:
+        job_id: 32 hex characters.
+        job_type: ``imsCreateWholeImageByInstanceJob`` or ``imsCreateWholeImageByBackupJob``.
+        image_name: The requested name.
+        source_id: The instance or backup id.
+        created_at: ``clock()`` at creation.
+        duration: Seconds until the outcome (``job_seconds`` at creation).
+        outcome: ``SUCCESS`` or ``FAIL``.
+        image_id: The new image's id (reported on SUCCESS only).
+        error_code: Reported on FAIL.
+        fail_reason: Reported on FAIL.
+        finished_at: Set by ``finish_job``: the outcome is reported from then on.
+    """
+
+    job_id: str
+    job_type: str
+    image_name: str
+    source_id: str
+    created_at: float
+    duration: float
+    outcome: Outcome
+    image_id: str
+    error_code: str
+    fail_reason: str
+    finished_at: float | None = None
+
+    def _percent(self, moment: float) -> float:
+        init = self.duration * _INIT_FRACTION
+        elapsed = moment - self.created_at
+        if elapsed <= init or self.duration <= 0:
+            return 0.0
+        # Never 1.0 before the end: a client must not take 100 % for done.
+        return min(round((elapsed - init) / (self.duration - init), 2), 0.99)
+
+    def state(self, now: float) -> tuple[str, float, float | None]:
+        """Status, ``process_percent`` and end time (``None`` while not finished) at ``now``."""
+        end = self.finished_at if self.finished_at is not None else self.created_at + self.duration
+        if now >= end:
+            percent = 1.0 if self.outcome == "SUCCESS" else self._percent(end)
+            return self.outcome, percent, end
+        if now - self.created_at < self.duration * _INIT_FRACTION:
+            return "INIT", 0.0, None
+        return "RUNNING", self._percent(now), None
+
+    def view(self, now: float, *, old_time_format: bool = False) -> dict[str, Any]:
+        """The job JSON as IMS returns it (ims-api.md §2.1)."""
+        status, percent, end = self.state(now)
+        entities: dict[str, Any] = {
+            "image_name": self.image_name,
+            "process_percent": percent,
+            "current_task": _current_task(status, percent),
+        }
+        if status == "SUCCESS":
+            entities["image_id"] = self.image_id
+        failed = status == "FAIL"
+        return {
+            "status": status,
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "begin_time": format_time(self.created_at, old=old_time_format),
+            "end_time": "" if end is None else format_time(end, old=old_time_format),
+            "error_code": self.error_code if failed else None,
+            "fail_reason": self.fail_reason if failed else None,
+            "entities": entities,
+        }
+
+
+def _current_task(status: str, percent: float) -> str:
+    # Invented labels: IMS documents current_task as a free string without listing values.
+    if status == "INIT":
+        return "waiting"
+    if status in ("SUCCESS", "FAIL"):
+        return "finished"
+    return "creating backup" if percent < 0.7 else "registering image"
+
+
+def format_time(moment: float, *, old: bool = False) -> str:
+    """Format a job time: ``2024-11-06T06:28:14.425Z``, or ``04-Jun-2015 18:11:06:586`` if ``old``."""
+    when = datetime.fromtimestamp(moment, UTC)
+    millis = when.microsecond // 1000
+    if old:
+        month = _MONTHS[when.month - 1]
+        return f"{when.day:02d}-{month}-{when.year} {when:%H:%M:%S}:{millis:03d}"
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+
+
+def _iso_micro(moment: float) -> str:
+    # IAM token times carry microseconds: 2015-11-09T01:42:57.527363Z.
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class _Response:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Drop:
+    """Marker: close the connection without answering."""
+
+
+_DROP: Final = _Drop()
+
+
+class _Refusal(Exception):
+    """Ends a request early with a ready answer (auth and validation failures)."""
+
+    def __init__(self, response: _Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _Route:
+    name: str
+    job_id: str | None = None
+    path_project: str | None = None
+
+
+def _ims_error(code: str, message: str, status: int = 400) -> _Refusal:
+    return _Refusal(_Response(status, {"error": {"code": code, "message": message}}))
+
+
+def _gateway_error(status: int, code: str, message: str, request_id: str) -> _Refusal:
+    body = {"error_msg": message, "error_code": code, "request_id": request_id}
+    return _Refusal(_Response(status, body))
+
+
+def _iam_error(status: int, message: str) -> _Refusal:
+    title = HTTPStatus(status).phrase
+    return _Refusal(
+        _Response(status, {"error": {"code": status, "message": message, "title": title}})
+    )
+
+
+def _same(given: object, expected: str) -> bool:
+    """Constant-time string equality that tolerates non-strings from JSON."""
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _default_fault_body(status: int, request_id: str) -> Any:
+    if status == 429:
+        return {
+            "error_msg": "The throttling threshold has been reached",
+            "error_code": "APIGW.0308",
+            "request_id": request_id,
+        }
+    if status >= 500:
+        return {"error": {"code": "IMG.0061", "message": "An unknown system error occurred."}}
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return {"error": {"code": "IMG.0001", "message": phrase}}
+
+
+def _classify(method: str, path: str) -> _Route:
+    if path == CREATE_PATH and method == "POST":
+        return _Route("create")
+    if path == IAM_TOKENS_PATH and method == "POST":
+        return _Route("iam")
+    if method == "GET":
+        progress = _PROGRESS_JOB_PATH.match(path)
+        if progress:
+            return _Route("job", job_id=progress["job_id"])
+        status = _PROJECT_JOB_PATH.match(path)
+        if status:
+            return _Route("job", job_id=status["job_id"], path_project=status["project_id"])
+    return _Route("unknown")
+
+
+@dataclass(frozen=True)
+class _CreateSpec:
+    name: str
+    job_type: str
+    source_id: str
+
+
+def _parse_create(raw: bytes) -> _CreateSpec:
+    """The IMS-side checks of a create body, in the order IMS documents its codes."""
+    if not raw.strip():
+        raise _ims_error("IMG.0007", "The request body is empty.")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise _ims_error("IMG.0001", "The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise _ims_error("IMG.0001", "The request body must be a JSON object.")
+    name = body.get("name")
+    if name is None or name == "":
+        raise _ims_error("IMG.0013", "The image name is missing.")
+    if not isinstance(name, str):
+        raise _ims_error("IMG.0003", "The image name format is invalid.")
+    if len(name) > _MAX_NAME_LENGTH:
+        raise _ims_error("IMG.0002", "The image name cannot exceed 128 characters.")
+    if not _NAME_PATTERN.match(name) or name != name.strip(" "):
+        raise _ims_error("IMG.0003", "The image name format is invalid.")
+    instance_id, backup_id = body.get("instance_id"), body.get("backup_id")
+    if instance_id and backup_id:
+        raise _ims_error("IMG.0001", "Specify either instance_id or backup_id, not both.")
+    if backup_id or (not instance_id and "whole_image_type" in body):
+        if not isinstance(backup_id, str) or not backup_id:
+            raise _ims_error("IMG.0019", "The backup ID is not specified.")
+        return _CreateSpec(name, JOB_TYPE_BY_BACKUP, backup_id)
+    if not isinstance(instance_id, str) or not instance_id:
+        raise _ims_error("IMG.0012", "The ECS ID is not specified or is invalid.")
+    return _CreateSpec(name, JOB_TYPE_BY_INSTANCE, instance_id)
+
+
+def _parse_password_auth(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """User object, project scope and methods of an IAM password-auth body (§4.1)."""
+    try:
+        auth = json.loads(raw)["auth"]
+        identity = auth["identity"]
+        methods = identity["methods"]
+        user = identity["password"]["user"]
+        project = auth["scope"]["project"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _iam_error(400, "The request body is not a password authentication request.") from exc
+    if not (isinstance(user, dict) and isinstance(project, dict) and isinstance(methods, list)):
+        raise _iam_error(400, "The request body is not a password authentication request.")
+    return user, project, methods
+
+
+class ImsEmulator:
+    """The emulator: state, fault queues, request log, and the HTTP server around them.
+
+    Example:
+        >>> with ImsEmulator(EmulatorConfig(job_seconds=1)) as ims:  # doctest: +SKIP
+        ...     ims.inject("create", Fault.throttled(retry_after=1))
+        ...     call_my_client(ims.url)
+
+    Args:
+        config: Accepted credentials and job behaviour; defaults to the demo ``EmulatorConfig()``.
+        clock: Seconds since the epoch; jobs, tokens and ``X-Sdk-Date`` checks read it.
+    """
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._jobs: dict[str, EmulatedJob] = {}
+        self._backup_jobs: dict[str, str] = {}
+        self._faults: dict[str, list[Fault]] = {route: [] for route in ROUTES}
+        self._requests: list[RecordedRequest] = []
+        self._calls: dict[str, int] = {}
+        self._tokens: dict[str, float] = {}
+        self._random = random.Random(self.config.seed)
+        # Set on stop: releases delayed, hanging and latency-sleeping handler threads at once.
+        self._released = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start serving in a daemon thread; ``port=0`` picks a free port.
+
+        Returns:
+            The base URL, e.g. ``http://127.0.0.1:8090``.
+
+        Raises:
+            RuntimeError: when already started.
+        """
+        if self._server is not None:
+            raise RuntimeError("the emulator is already running")
+        self._released = threading.Event()
+        server = _Server((host, port), _Handler)
+        server.emulator = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name="ims-emulator",
+        )
+        self._thread.start()
+        self._url = f"http://{host}:{server.server_address[1]}"
+        return self._url
+
+    def stop(self) -> None:
+        """Stop serving, release held connections and close every open one."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._released.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def __enter__(self) -> ImsEmulator:
+        """Start on a free port unless already started."""
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop."""
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running emulator.
+
+        Raises:
+            RuntimeError: when not started.
+        """
+        if self._url is None or self._server is None:
+            raise RuntimeError("the emulator is not running")
+        return self._url
+
+    # -- test and admin API ------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of the recorded requests, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Calls per route (``create``, ``job``, ``iam``, ``unknown``), faulted ones included."""
+        with self._lock:
+            return dict(self._calls)
+
+    @property
+    def jobs(self) -> dict[str, EmulatedJob]:
+        """A copy of the job table by job id."""
+        with self._lock:
+            return dict(self._jobs)
+
+    def job_view(self, job_id: str) -> dict[str, Any]:
+        """The job JSON as a query would return it now (without configured overrides).
+
+        Raises:
+            KeyError: for an unknown job.
+        """
+        with self._lock:
+            job = self._jobs[job_id]
+        return job.view(self.clock(), old_time_format=self.config.old_time_format)
+
+    def inject(self, route: str, *responses: Fault) -> None:
+        """Queue faults for the next calls of ``route``, one call each, in order.
+
+        Args:
+            route: ``create``, ``job`` (both job query paths) or ``iam``.
+            *responses: The faults.
+
+        Raises:
+            ValueError: for an unknown route.
+        """
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, not {route!r}")
+        with self._lock:
+            self._faults[route].extend(responses)
+
+    def pending_faults(self) -> dict[str, int]:
+        """Faults still queued per route."""
+        with self._lock:
+            return {route: len(queue) for route, queue in self._faults.items()}
+
+    def finish_job(
+        self,
+        job_id: str,
+        outcome: Outcome = "SUCCESS",
+        *,
+        error_code: str | None = None,
+        fail_reason: str | None = None,
+    ) -> dict[str, Any]:
+        """End a job now with ``outcome`` (the admin call), whatever it was going to be.
+
+        Returns:
+            The job JSON after the change.
+
+        Raises:
+            KeyError: for an unknown job.
+            ValueError: for an outcome other than SUCCESS or FAIL.
+        """
+        if outcome not in ("SUCCESS", "FAIL"):
+            raise ValueError("outcome must be SUCCESS or FAIL")
+        now = self.clock()
+        with self._lock:
+            job = self._jobs[job_id]
+            job.outcome = outcome
+            job.finished_at = now
+            if error_code is not None:
+                job.error_code = error_code
+            if fail_reason is not None:
+                job.fail_reason = fail_reason
+        return job.view(now, old_time_format=self.config.old_time_format)
+
+    def reset(self) -> None:
+        """Forget jobs, faults, recorded requests and counts; reseed. Tokens and config stay."""
+        with self._lock:
+            self._jobs.clear()
+            self._backup_jobs.clear()
+            for queue in self._faults.values():
+                queue.clear()
+            self._requests.clear()
+            self._calls.clear()
+            self._random = random.Random(self.config.seed)
+
+    def issue_token(self) -> str:
+        """Issue an IAM token directly (as ``POST /v3/auth/tokens`` would) and return it."""
+        token = "MIIE" + secrets.token_urlsafe(48)
+        with self._lock:
+            self._tokens[token] = self.clock() + self.config.token_ttl_seconds
+        return token
+
+    # -- request handling --------------------------------------------------------------------
+
+    def _handle(self, req: _Incoming) -> _Response | _Drop:
+        if req.path.startswith(ADMIN_PREFIX):
+            return self._admin(req)
+        route = _classify(req.method, req.path)
+        fault = self._arrive(req, route.name)
+        if self.config.latency_ms > 0:
+            self._released.wait(self.config.latency_ms / 1000)
+        if fault is not None:
+            early = self._fault_answer(fault, req.request_id)
+            if early is not None:
+                return early
+        try:
+            response = self._dispatch(req, route)
+        except _Refusal as refusal:
+            response = refusal.response
+        if fault is not None and response.status < 300 and isinstance(response.body, dict):
+            response.body = _patched(response.body, fault.override, fault.omit)
+        return response
+
+    def _arrive(self, req: _Incoming, route: str) -> Fault | None:
+        """Record and count the request; take the route's next fault."""
+        arrived = self.clock()
+        with self._lock:
+            self._calls[route] = self._calls.get(route, 0) + 1
+            if self.config.record_requests:
+                self._requests.append(
+                    RecordedRequest(
+                        req.method, req.path, req.query, req.headers, req.body, arrived, route
+                    )
+                )
+            queue = self._faults.get(route)
+            return queue.pop(0) if queue else None
+
+    def _fault_answer(self, fault: Fault, request_id: str) -> _Response | _Drop | None:
+        """What a fault answers instead of the real route, or ``None`` to answer normally."""
+        if fault.hang:
+            self._released.wait(fault.delay or self.config.hang_seconds)
+            return _DROP
+        if fault.delay > 0:
+            self._released.wait(fault.delay)
+        if fault.drop:
+            return _DROP
+        if fault.status is None:
+            return None
+        body = (
+            fault.body if fault.body is not None else _default_fault_body(fault.status, request_id)
+        )
+        return _Response(fault.status, body, dict(fault.headers))
+
+    def _dispatch(self, req: _Incoming, route: _Route) -> _Response:
+        if route.name == "create":
+            self._authenticate(req, project_in_path=False)
+            return self._create(req)
+        if route.name == "job" and route.job_id is not None:
+            self._authenticate(req, project_in_path=route.path_project is not None)
+            return self._job(route.job_id, route.path_project)
+        if route.name == "iam":
+            return self._iam(req)
+        raise _gateway_error(
+            404, "APIGW.0101", "The API does not exist or has not been published.", req.request_id
+        )
+
+    def _create(self, req: _Incoming) -> _Response:
+        spec = _parse_create(req.body)
+        config = self.config
+        by_backup = spec.job_type == JOB_TYPE_BY_BACKUP
+        if not by_backup and spec.source_id in config.unknown_instances:
+            raise _ims_error("IMG.0005", "The ECS does not exist.")
+        if by_backup and spec.source_id in config.unknown_backups:
+            raise _ims_error("IMG.0020", "The backup does not exist.")
+        now = self.clock()
+        with self._lock:
+            if by_backup:
+                self._check_backup_free(spec.source_id, now)
+            fails = (
+                bool({spec.name, spec.source_id} & config.fail_sources)
+                or self._random.random() < config.fail_ratio
+            )
+            job = EmulatedJob(
+                job_id=uuid.uuid4().hex,
+                job_type=spec.job_type,
+                image_name=spec.name,
+                source_id=spec.source_id,
+                created_at=now,
+                duration=max(config.job_seconds, 0.0),
+                outcome="FAIL" if fails else "SUCCESS",
+                image_id=str(uuid.uuid4()),
+                error_code=config.fail_error_code,
+                fail_reason=config.fail_reason,
+            )
+            self._jobs[job.job_id] = job
+            if by_backup:
+                self._backup_jobs[spec.source_id] = job.job_id
+        return _Response(200, {"job_id": job.job_id})
+
+    def _check_backup_free(self, backup_id: str, now: float) -> None:
+        # One backup, one image: a running or successful job holds the backup, a failed one not.
+        previous = self._jobs.get(self._backup_jobs.get(backup_id, ""))
+        if previous is not None and previous.state(now)[0] != "FAIL":
+            raise _ims_error("IMG.0029", "The backup has already been used to create an image.")
+
+    def _job(self, job_id: str, path_project: str | None) -> _Response:
+        if path_project is not None and path_project != self.config.project_id:
+            raise _ims_error("IMG.0030", "The project ID does not match the credentials.")
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise _ims_error(
+                "IMG.0023", f"Failed to query the job: job {job_id} does not exist.", 404
+            )
+        body = job.view(self.clock(), old_time_format=self.config.old_time_format)
+        return _Response(200, _patched(body, self.config.job_overrides, self.config.job_omit))
+
+    def _iam(self, req: _Incoming) -> _Response:
+        config = self.config
+        user, project, methods = _parse_password_auth(req.body)
+        domain = user.get("domain")
+        domain = domain if isinstance(domain, dict) else {}
+        authenticated = (
+            "password" in methods
+            and _same(user.get("name"), config.iam_user)
+            and _same(user.get("password"), config.iam_password)
+            and (domain.get("name") == config.iam_domain or domain.get("id") == config.iam_domain)
+            and (
+                project.get("id") == config.project_id
+                or project.get("name") == config.iam_project_name
+            )
+        )
+        if not authenticated:
+            raise _iam_error(401, "The username or password is wrong, or the scope is unknown.")
+        token = self.issue_token()
+        issued = self.clock()
+        body = {
+            "token": {
+                "methods": ["password"],
+                "issued_at": _iso_micro(issued),
+                "expires_at": _iso_micro(issued + config.token_ttl_seconds),
+                "project": {
+                    "id": config.project_id,
+                    "name": config.iam_project_name,
+                    "domain": {"name": config.iam_domain},
+                },
+                "user": {"name": config.iam_user, "domain": {"name": config.iam_domain}},
+            }
+        }
+        return _Response(201, body, {"X-Subject-Token": token})
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def _authenticate(self, req: _Incoming, *, project_in_path: bool) -> None:
+        token = req.headers.get("x-auth-token")
+        if token is not None:
+            if not self._token_valid(token):
+                raise _gateway_error(
+                    401,
+                    "APIGW.0301",
+                    "Incorrect IAM authentication information: verify token failed.",
+                    req.request_id,
+                )
+            return
+        authorization = req.headers.get("authorization")
+        if authorization is None:
+            raise _gateway_error(
+                401,
+                "APIGW.0301",
+                "Incorrect IAM authentication information: no X-Auth-Token or Authorization header.",
+                req.request_id,
+            )
+        self._check_signature(req, authorization)
+        # With a token the project comes from its scope; AK/SK needs X-Project-Id off-path.
+        if not project_in_path and req.headers.get("x-project-id") != self.config.project_id:
+            raise _ims_error(
+                "IMG.0067", "The project ID is incorrect: X-Project-Id is missing or wrong."
+            )
+
+    def _token_valid(self, token: str) -> bool:
+        static = self.config.auth_token
+        if static is not None and _same(token, static):
+            return True
+        with self._lock:
+            expires = self._tokens.get(token)
+        return expires is not None and self.clock() < expires
+
+    def _check_signature(self, req: _Incoming, authorization: str) -> None:
+        def refuse(reason: str, code: str = "APIGW.0301") -> _Refusal:
+            detail = "Incorrect IAM authentication information: " + reason
+            return _gateway_error(401, code, detail, req.request_id)
+
+        try:
+            parts = signer.parse_authorization(authorization)
+        except ValueError as exc:
+            raise refuse(str(exc)) from exc
+        if not _same(parts["Access"], self.config.ak):
+            raise refuse("the access key does not exist.")
+        names = [name.strip().lower() for name in parts["SignedHeaders"].split(";") if name.strip()]
+        if "host" not in names or "x-sdk-date" not in names:
+            raise refuse("SignedHeaders must include host and x-sdk-date.")
+        if any(name not in req.headers for name in names):
+            raise refuse("a signed header is missing from the request.")
+        sdk_date = req.headers["x-sdk-date"]
+        try:
+            signed_at = datetime.strptime(sdk_date, signer.DATE_FORMAT).replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise refuse("X-Sdk-Date is not in the format YYYYMMDDTHHMMSSZ.") from exc
+        if abs(self.clock() - signed_at.timestamp()) > self.config.max_clock_skew_seconds:
+            raise refuse("signature expired: X-Sdk-Date is more than 15 minutes off.", "APIGW.0303")
+        self._check_security_token(names, req.headers, refuse)
+        signed = {name: req.headers[name] for name in names}
+        canonical, _ = signer.canonical_request(req.method, req.path, req.query, signed, req.body)
+        expected = signer.signature(self.config.sk, sdk_date, canonical)
+        if not _same(parts["Signature"], expected):
+            raise refuse("verify aksk signature fail.")
+
+    def _check_security_token(
+        self, names: Sequence[str], headers: Mapping[str, str], refuse: Callable[[str], _Refusal]
+    ) -> None:
+        expected = self.config.security_token
+        if expected is None:
+            if "x-security-token" in headers:
+                raise refuse("a security token was sent for a permanent access key.")
+            return
+        if "x-security-token" not in names or not _same(headers["x-security-token"], expected):
+            raise refuse("the security token is missing, unsigned or wrong.")
+
+    # -- admin routes --------------------------------------------------------------------------
+
+    def _admin(self, req: _Incoming) -> _Response:
+        """Admin routes (no auth, not recorded, no latency).
+
+        * ``GET  /_emulator/health``: ``{"status": "ok"}``
+        * ``GET  /_emulator/requests``: ``{"requests": [RecordedRequest.to_json(), ...]}``
+        * ``GET  /_emulator/stats``: ``{"calls": {...}, "requests": n, "jobs": n, "faults": {...}}``
+        * ``POST /_emulator/faults``: ``{"route": "create", "faults": [{"status": 429, ...}]}``
+        * ``DELETE /_emulator/faults``: drop every queued fault
+        * ``POST /_emulator/reset``: ``reset()``
+        * ``GET  /_emulator/jobs``: ``{"jobs": [job JSON, ...]}``
+        * ``POST /_emulator/jobs/{job_id}/finish``: ``{"outcome": "FAIL", "error_code"?, "fail_reason"?}``
+        * ``GET  /_emulator/config``, ``PATCH /_emulator/config``: read or change ``EmulatorConfig``
+        """
+        action = req.path[len(ADMIN_PREFIX) :].strip("/")
+        try:
+            payload = json.loads(req.body) if req.body.strip() else {}
+            return self._admin_action(req.method, action, payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            return _Response(400, {"error": {"code": "emulator.bad_request", "message": str(exc)}})
+
+    def _admin_action(self, method: str, action: str, payload: Any) -> _Response:
+        simple: dict[tuple[str, str], Callable[[], Any]] = {
+            ("GET", "health"): lambda: {"status": "ok"},
+            ("GET", "requests"): lambda: {"requests": [r.to_json() for r in self.requests]},
+            ("GET", "stats"): self._stats,
+            ("GET", "jobs"): lambda: {"jobs": [self.job_view(job_id) for job_id in self.jobs]},
+            ("GET", "config"): self._config_json,
+            ("POST", "reset"): self._reset_json,
+            ("DELETE", "faults"): self._clear_faults,
+        }
+        if (method, action) in simple:
+            return _Response(200, simple[method, action]())
+        if method == "POST" and action == "faults":
+            faults = [
+                Fault.from_json(item) for item in payload.get("faults", [payload.get("fault")])
+            ]
+            self.inject(payload["route"], *faults)
+            return _Response(200, {"queued": self.pending_faults()})
+        if method in ("PATCH", "POST") and action == "config":
+            self._patch_config(payload)
+            return _Response(200, self._config_json())
+        finish = _FINISH_PATH.match(action)
+        if method == "POST" and finish:
+            try:
+                view = self.finish_job(
+                    finish["job_id"],
+                    payload.get("outcome", "SUCCESS"),
+                    error_code=payload.get("error_code"),
+                    fail_reason=payload.get("fail_reason"),
+                )
+            except KeyError:
+                return _Response(
+                    404, {"error": {"code": "emulator.not_found", "message": "no such job"}}
+                )
+            return _Response(200, view)
+        message = f"no admin route {method} {ADMIN_PREFIX}{action}"
+        return _Response(404, {"error": {"code": "emulator.not_found", "message": message}})
+
+    def _stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "calls": dict(self._calls),
+                "requests": len(self._requests),
+                "jobs": len(self._jobs),
+                "faults": {route: len(queue) for route, queue in self._faults.items()},
+            }
+
+    def _reset_json(self) -> dict[str, Any]:
+        self.reset()
+        return {"status": "reset"}
+
+    def _clear_faults(self) -> dict[str, Any]:
+        with self._lock:
+            for queue in self._faults.values():
+                queue.clear()
+        return {"queued": self.pending_faults()}
+
+    def _config_json(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for item in fields(EmulatorConfig):
+            value = getattr(self.config, item.name)
+            values[item.name] = sorted(value) if isinstance(value, set) else value
+        return values
+
+    def _patch_config(self, payload: Mapping[str, Any]) -> None:
+        current = self.config
+        known = {item.name for item in fields(EmulatorConfig)}
+        unknown = set(payload) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        changes: dict[str, Any] = {}
+        for name, value in payload.items():
+            if isinstance(getattr(current, name), set):
+                changes[name] = set(value)
+            elif name == "job_omit":
+                changes[name] = tuple(value)
+            else:
+                changes[name] = value
+        self.config = replace(current, **changes)
+
+
+def _patched(
+    body: dict[str, Any], override: Mapping[str, Any], omit: Sequence[str]
+) -> dict[str, Any]:
+    if not override and not omit:
+        return body
+    patched = {**body, **override}
+    for key in omit:
+        patched.pop(key, None)
+    return patched
+
+
+class _Server(ThreadingHTTPServer):
+    # A benchmark opens many keep-alive connections at once; each gets a daemon thread.
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024
+    allow_reuse_address = True
+    emulator: ImsEmulator
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host with getfqdn, a DNS lookup that can take seconds.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def track(self, connection: socket.socket, *, open_: bool) -> None:
+        """Remember open connections, so ``close_connections`` can end idle keep-alive ones."""
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Shut every open connection down: their threads stop waiting for a next request."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ims-emulator/1.0"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without NODELAY, Nagle plus delayed ACK
+        # would add ~40 ms to every keep-alive answer.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server().track(self.connection, open_=True)
+
+    def finish(self) -> None:
+        self._server().track(self.connection, open_=False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def _server(self) -> _Server:
+        return cast(_Server, self.server)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing: a benchmark sends tens of thousands of requests."""
+
+    def do_GET(self) -> None:
+        """Serve a GET."""
+        self._serve()
+
+    def do_POST(self) -> None:
+        """Serve a POST."""
+        self._serve()
+
+    def do_PUT(self) -> None:
+        """Serve a PUT (unknown route unless admin)."""
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        """Serve a PATCH (admin config)."""
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        """Serve a DELETE (admin faults)."""
+        self._serve()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _serve(self) -> None:
+        request_id = uuid.uuid4().hex
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._send(
+                _Response(400, {"error": {"code": "IMG.0001", "message": "bad framing"}}),
+                request_id,
+            )
+            return
+        split = urlsplit(self.path)
+        req = _Incoming(
+            method=self.command,
+            path=split.path,
+            query=parse_qsl(split.query, keep_blank_values=True),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+            request_id=request_id,
+        )
+        try:
+            answer = self._server().emulator._handle(req)
+        except Exception:
+            # A bug in the emulator: show it on stderr, answer 500 and keep serving.
+            traceback.print_exc()
+            message = "emulator error; see its stderr"
+            answer = _Response(500, {"error": {"code": "IMG.0061", "message": message}})
+        if isinstance(answer, _Drop):
+            self.close_connection = True
+            return
+        self._send(answer, request_id)
+
+    def _send(self, response: _Response, request_id: str) -> None:
+        body = response.body
+        if isinstance(body, bytes):
+            payload = body
+        elif isinstance(body, str):
+            payload = body.encode("utf-8")
+        else:
+            payload = json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": _JSON, "X-Request-Id": request_id, **response.headers}
+        try:
+            self.send_response(response.status)
+            for name, value in headers.items():
+                if name.lower() != "content-length":
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            # The client gave up (timeout after a delay fault): nothing left to answer.
+            self.close_connection = True
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    defaults = EmulatorConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m ims_emulator", description="Local IMS emulator (full-ECS images)."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8090, help="port, 0 for any (default 8090)")
+    parser.add_argument("--ak", default=defaults.ak)
+    parser.add_argument("--sk", default=defaults.sk)
+    parser.add_argument("--project-id", default=defaults.project_id)
+    parser.add_argument("--security-token", default=None, help="require this X-Security-Token")
+    parser.add_argument("--auth-token", default=None, help="static X-Auth-Token to accept")
+    parser.add_argument("--iam-user", default=defaults.iam_user)
+    parser.add_argument("--iam-password", default=defaults.iam_password)
+    parser.add_argument("--iam-domain", default=defaults.iam_domain)
+    parser.add_argument("--job-seconds", type=float, default=defaults.job_seconds)
+    parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms)
+    parser.add_argument("--fail-ratio", type=float, default=defaults.fail_ratio)
+    parser.add_argument(
+        "--fail-source", action="append", default=[], help="name/instance/backup id that fails"
+    )
+    parser.add_argument("--unknown-instance", action="append", default=[], help="IMG.0005 for it")
+    parser.add_argument("--old-time-format", action="store_true", help="04-Jun-2015 18:11:06:586")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-record", action="store_true", help="do not keep request records")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT or SIGTERM.
+
+    Args:
+        argv: Command-line arguments (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        The exit status.
+    """
+    args = _parse_args(argv)
+    config = EmulatorConfig(
+        ak=args.ak,
+        sk=args.sk,
+        project_id=args.project_id,
+        security_token=args.security_token,
+        auth_token=args.auth_token,
+        iam_user=args.iam_user,
+        iam_password=args.iam_password,
+        iam_domain=args.iam_domain,
+        job_seconds=args.job_seconds,
+        latency_ms=args.latency_ms,
+        fail_ratio=args.fail_ratio,
+        fail_sources=set(args.fail_source),
+        unknown_instances=set(args.unknown_instance),
+        old_time_format=args.old_time_format,
+        seed=args.seed,
+        record_requests=not args.no_record,
+    )
+    emulator = ImsEmulator(config)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    url = emulator.start(args.host, args.port)
+    print(f"IMS emulator listening on {url}", flush=True)
+    # A timed wait, so the signal handler gets to run on every platform.
+    while not stopping.wait(0.5):
+        pass
+    emulator.stop()
+    return 0
