@@ -42,7 +42,7 @@ from wholeimage.check import CheckConfig, run_check_sync  # noqa: E402
 from wholeimage.models import CreateImageRequest, Job, JobStatus  # noqa: E402
 from wholeimage.schedule import PollSchedule  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
-from wholeimage.store.base import job_to_row  # noqa: E402
+from wholeimage.store.records import job_to_row  # noqa: E402
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 AK, SK = "EMULATORAK", "emulator-secret-key"

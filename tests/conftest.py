@@ -13,9 +13,7 @@ from hypothesis import HealthCheck, settings
 
 # One Hypothesis profile for the whole suite: a loaded two-core machine (CI) must never fail a run
 # on a health check or a deadline; the properties themselves are unchanged.
-settings.register_profile(
-    "wholeimage", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("wholeimage", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("wholeimage")
 
 TIERS = ("unit", "adapters", "functional", "system")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from wholeimage.ims.poller import JobPoller
     from wholeimage.results import Channel
     from wholeimage.settings import Settings
-    from wholeimage.store.base import JobStore
+    from wholeimage.store.records import JobStore
 
 log = logging.getLogger("wholeimage")
 
@@ -70,7 +70,7 @@ class Dependencies:
             if self.webhooks is None:
                 import httpx
 
-                from wholeimage.ims.client import USER_AGENT, shared_ssl_context
+                from wholeimage.httputil import USER_AGENT, shared_ssl_context
 
                 self.webhooks = httpx.Client(
                     timeout=httpx.Timeout(15.0, connect=5.0),

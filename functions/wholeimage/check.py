@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from wholeimage.ims.poller import JobPoller, PollResult
 from wholeimage.models import ENDED, Job, JobStatus
 from wholeimage.schedule import PollSchedule
-from wholeimage.store.base import JobStore, Outbox, PollUpdate
+from wholeimage.store.records import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
     from wholeimage.settings import Settings

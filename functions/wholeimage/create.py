@@ -28,7 +28,7 @@ from wholeimage.models import CreateImageRequest, Job, JobStatus
 
 if TYPE_CHECKING:
     from wholeimage.ims.client import ImsClient
-    from wholeimage.store.base import JobStore
+    from wholeimage.store.records import JobStore
 
 log = logging.getLogger("wholeimage.create")
 

@@ -46,9 +46,9 @@ from wholeimage.channels.targets import (
     redact_url,
     target_for,
 )
-from wholeimage.ims.poller import RateLimiter
+from wholeimage.httputil import RateLimiter
 from wholeimage.results import Channel, JobResult
-from wholeimage.store.base import JobStore, Notification, Settlement
+from wholeimage.store.records import JobStore, Notification, Settlement
 
 log = logging.getLogger("wholeimage.notify")
 

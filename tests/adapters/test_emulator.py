@@ -709,7 +709,10 @@ def test_the_admin_routes_drive_the_emulator_from_another_process(
 def test_the_command_line_prints_its_url_and_stops_on_sigterm() -> None:
     command = [sys.executable, "-m", "ims_emulator", "--port", "0", "--job-seconds", "1"]
     # Our own module with fixed arguments.
-    env = {**os.environ, "PYTHONPATH": f"{FUNCTIONS_DIR}{os.pathsep}{FUNCTIONS_DIR.parent / 'tools'}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{FUNCTIONS_DIR}{os.pathsep}{FUNCTIONS_DIR.parent / 'tools'}",
+    }
     with subprocess.Popen(
         command, cwd=FUNCTIONS_DIR, env=env, stdout=subprocess.PIPE, text=True
     ) as process:

@@ -1,4 +1,4 @@
-"""The ``JobStore`` port contract (``wholeimage.store.base``), run against both adapters.
+"""The ``JobStore`` port contract (``wholeimage.store.records``), run against both adapters.
 
 Every test here takes the ``store`` / ``store_kind`` / ``state_url`` fixtures of conftest, so it
 runs twice: ``[sqlite]`` and ``[postgres]``. Setup goes through the port itself (``reserve``
@@ -40,8 +40,8 @@ from wholeimage.models import (
     Job,
     JobStatus,
 )
-from wholeimage.store.base import JobStore, PollUpdate, to_epoch
 from wholeimage.store.postgres import _CLAIM, MIGRATIONS, migrate
+from wholeimage.store.records import JobStore, PollUpdate, to_epoch
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=10)  # when claims happen: jobs due at T0 + a few seconds are due

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from wholeimage.models import ENDED, OUTSTANDING, CreateImageRequest, Job, JobStatus
-from wholeimage.store.base import JobStore
+from wholeimage.store.records import JobStore
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 REQUEST = CreateImageRequest(name="web01-full", instance_id="877a2cda-ba63-4e1e-b95f-e67e48b6129a")

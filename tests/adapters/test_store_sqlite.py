@@ -32,7 +32,7 @@ from tests.fakes import FakeImsClient
 from wholeimage.create import STALE_SUBMISSION, CreateOutcome, submit_create
 from wholeimage.errors import BackupInUseError, ConflictError, SubmissionInProgressError
 from wholeimage.models import CreateImageRequest, Job, JobStatus
-from wholeimage.store.base import OUTSTANDING_SQL
+from wholeimage.store.records import OUTSTANDING_SQL
 from wholeimage.store.sqlite import SCHEMA_VERSION, SqliteJobStore
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)

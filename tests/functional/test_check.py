@@ -56,13 +56,14 @@ from wholeimage.check import (
     run_check_sync,
 )
 from wholeimage.create import FIRST_POLL_DELAY, submit_create
+from wholeimage.httputil import RateLimiter
 from wholeimage.ims.client import HttpImsClient
 from wholeimage.ims.job_report import parse_job_report
-from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult, RateLimiter
+from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.schedule import PollSchedule
 from wholeimage.settings import Settings
-from wholeimage.store.base import JobStore, PollUpdate
+from wholeimage.store.records import JobStore, PollUpdate
 from wholeimage.store.sqlite import SqliteJobStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -45,7 +45,7 @@ from wholeimage.cli.output import (
 )
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.settings import get_settings
-from wholeimage.store.base import JobStore, Notification, PollUpdate, Settlement
+from wholeimage.store.records import JobStore, Notification, PollUpdate, Settlement
 from wholeimage.validation import validator_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -57,7 +57,7 @@ from wholeimage.notify import (
 )
 from wholeimage.results import Channel, JobResult, console_url, notification_key
 from wholeimage.settings import load_settings
-from wholeimage.store.base import NOTIFICATION_COLUMNS, JobStore, Notification, PollUpdate
+from wholeimage.store.records import NOTIFICATION_COLUMNS, JobStore, Notification, PollUpdate
 
 WAIT_SECONDS = 30.0
 EPSILON = 1e-6

@@ -52,7 +52,7 @@ from wholeimage.bootstrap import Dependencies, set_dependencies
 from wholeimage.logs import REDACTED, JsonFormatter, configure_logging, redact
 from wholeimage.notify import ChannelLimiters, notifications_for
 from wholeimage.service import check_tick, notify_now
-from wholeimage.store.base import JobStore
+from wholeimage.store.records import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "functions" / "main.py")

@@ -38,7 +38,7 @@ from wholeimage.errors import (
 )
 from wholeimage.ims.client import HttpImsClient
 from wholeimage.models import JobStatus
-from wholeimage.store.base import Notification, Settlement
+from wholeimage.store.records import Notification, Settlement
 from wholeimage.store.sqlite import SqliteJobStore
 from wholeimage.validation import load_schemas
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from wholeimage.create import FIRST_POLL_DELAY
-from wholeimage.ims.poller import RateLimiter
+from wholeimage.httputil import RateLimiter
 from wholeimage.schedule import JITTER, PollSchedule
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)

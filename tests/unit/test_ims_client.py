@@ -30,6 +30,7 @@ from wholeimage.errors import (
     UpstreamUnavailableError,
     WholeImageError,
 )
+from wholeimage.httputil import retry_after_seconds
 from wholeimage.ims.client import (
     CREATE_PATH,
     JSON_CONTENT_TYPE,
@@ -38,7 +39,6 @@ from wholeimage.ims.client import (
     IamPasswordAuth,
     RetryPolicy,
     StaticTokenAuth,
-    retry_after_seconds,
     upstream_code_and_message,
 )
 from wholeimage.ims.signer import authorization_header, parse_authorization

@@ -38,7 +38,9 @@ from wholeimage.errors import RequestInvalidError
 from wholeimage.results import Channel, JobResult, console_url, notification_key
 from wholeimage.validation import validate
 
-ADAPTIVE_CARD_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "schemas" / "adaptive-card-1.5.json"
+ADAPTIVE_CARD_SCHEMA = (
+    Path(__file__).resolve().parents[1] / "data" / "schemas" / "adaptive-card-1.5.json"
+)
 EVENT_SCHEMA = "notification-event.schema.json"
 JOB_RESULT_SCHEMA = "job-result.schema.json"
 

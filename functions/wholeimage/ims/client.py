@@ -19,13 +19,11 @@ import json
 import logging
 import math
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
@@ -37,13 +35,13 @@ from wholeimage.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from wholeimage.httputil import retry_after_seconds
 from wholeimage.ims import signer
 
 log = logging.getLogger("wholeimage.ims.client")
 
 CREATE_PATH = "/v1/cloudimages/wholeimages/action"
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
-USER_AGENT = "wholeimage/0.1"
 FLOW_CONTROL_CODE = "IMG.0060"
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503})
 # Refresh an IAM token this long before it expires (tokens live 24 h; ims-api.md §4.1).
@@ -295,23 +293,6 @@ def upstream_code_and_message(response: httpx.Response) -> tuple[str | None, str
     return None, None
 
 
-def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or HTTP-date), or None when absent or unreadable."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:  # "-0000" (RFC 5322): UTC
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded exponential backoff with full jitter."""
@@ -324,21 +305,6 @@ class RetryPolicy:
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number ``attempt`` (1-based): uniform in [0, min(cap, base·2^n)]."""
         return rng.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-_SHARED_SSL_CONTEXT: ssl.SSLContext | None = None
-_SSL_LOCK = threading.Lock()
-
-
-def shared_ssl_context() -> ssl.SSLContext:
-    """One SSL context per process: loading the CA bundle is most of an httpx client's cost."""
-    global _SHARED_SSL_CONTEXT  # noqa: PLW0603 (a lazy per-process singleton)
-    with _SSL_LOCK:
-        if _SHARED_SSL_CONTEXT is None:
-            import certifi
-
-            _SHARED_SSL_CONTEXT = ssl.create_default_context(cafile=certifi.where())
-        return _SHARED_SSL_CONTEXT
 
 
 def _failed_on(exc: httpx.TransportError, path: str) -> bool:

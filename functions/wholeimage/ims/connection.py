@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING
 import httpx
 
 from wholeimage.errors import ConfigurationError
+from wholeimage.httputil import USER_AGENT, shared_ssl_context
 from wholeimage.ims.client import (
-    USER_AGENT,
     AkSkAuth,
     HttpImsClient,
     IamPasswordAuth,
     ImsClient,
     RetryPolicy,
     StaticTokenAuth,
-    shared_ssl_context,
 )
 from wholeimage.ims.endpoints import resolve_endpoints
 

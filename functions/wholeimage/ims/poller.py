@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -33,15 +32,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import h11
 import httpx
 
+from wholeimage.httputil import USER_AGENT, RateLimiter, retry_after_seconds, shared_ssl_context
 from wholeimage.ims.client import (
     FLOW_CONTROL_CODE,
-    USER_AGENT,
     AkSkAuth,
     HeaderSigner,
     IamPasswordAuth,
     StaticTokenAuth,
-    retry_after_seconds,
-    shared_ssl_context,
     upstream_code_and_message,
 )
 from wholeimage.ims.job_report import JobReport, parse_job_report
@@ -63,68 +60,6 @@ class PollResult:
     report: JobReport | None = None
     retry_after: float | None = None
     detail: str | None = None
-
-
-class RateLimiter:
-    """A token bucket shared by all workers polling one IMS account, pausable on 429.
-
-    ``rate`` is requests per second (0 = unlimited); ``burst`` tokens may be spent at once.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self._clock = clock
-        self._tokens = self.burst
-        self._updated = clock()
-        self._paused_until = 0.0
-        self.pauses = 0
-
-    def pause(self, seconds: float) -> None:
-        """Stop everyone for ``seconds`` (IMS said 429 / flow control)."""
-        until = self._clock() + max(seconds, 0.0)
-        if until > self._paused_until:
-            self._paused_until = until
-            self.pauses += 1
-
-    def wait_time(self) -> float:
-        """Seconds until a request may go, without taking a token."""
-        now = self._clock()
-        if now < self._paused_until:
-            return self._paused_until - now
-        if self.rate <= 0:
-            return 0.0
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
-
-    def take(self) -> None:
-        """Spend one token (after ``wait_time`` said 0)."""
-        if self.rate > 0:
-            self._tokens -= 1
-
-    def delay_needed(self) -> float:
-        """Seconds to wait before a request may go; 0 means a token was taken now."""
-        delay = self.wait_time()
-        if delay <= 0:
-            self.take()
-        return delay
-
-    async def acquire(self, max_wait: float = float("inf")) -> bool:
-        """Wait until a request may be sent; False (without waiting) if that is past ``max_wait`` s."""
-        waited = 0.0
-        # Single-threaded event loop: check-and-take is atomic between awaits.
-        while (delay := self.delay_needed()) > 0:
-            if waited + delay > max_wait:
-                return False
-            await asyncio.sleep(delay)
-            waited += delay
-        return True
 
 
 class PollClient(Protocol):

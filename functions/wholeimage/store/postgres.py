@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from wholeimage.models import Job, JobStatus
-from wholeimage.store.base import (
+from wholeimage.store.records import (
     BACKUP_BLOCKING_SQL,
     JOB_COLUMNS,
     NOTIFICATION_COLUMNS,

@@ -1,4 +1,4 @@
-"""The state store port and the pieces every adapter shares.
+"""The state store port and the records every adapter shares (jobs, poll updates, notifications).
 
 Contract of a ``JobStore`` (each method is one transaction):
 
