@@ -39,8 +39,11 @@ sys.path[:0] = [str(ROOT / "functions"), str(ROOT / "tools")]
 from ims_emulator import EmulatorConfig, ImsEmulator  # noqa: E402
 from wholeimage.bootstrap import Dependencies, open_store  # noqa: E402
 from wholeimage.check import CheckConfig, run_check_sync  # noqa: E402
+from wholeimage.ims.connection import ImsConnection  # noqa: E402
 from wholeimage.models import CreateImageRequest, Job, JobStatus  # noqa: E402
 from wholeimage.schedule import PollSchedule  # noqa: E402
+from wholeimage.service.ports import ims_client  # noqa: E402
+from wholeimage.service.tick import poller_for  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
 from wholeimage.store.records import job_to_row  # noqa: E402
 
@@ -131,9 +134,8 @@ def insert_rows(state_url: str, rows: list[dict[str, Any]]) -> None:
 
 def create_ims_jobs(ims_url: str, count: int) -> list[str]:
     """Submit ``count`` real jobs to the emulator (signed), returning their IMS job ids."""
-    client = Dependencies(
-        settings=settings_for(ims_url, "sqlite:///:memory:"), store=None
-    ).ims_client()  # type: ignore[arg-type]
+    settings = settings_for(ims_url, "sqlite:///:memory:")
+    client = ImsConnection.from_settings(settings).client(settings)
     body = {"name": "bench", "instance_id": "877a2cda-ba63-4e1e-b95f-e67e48b6129a"}
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(lambda _: client.create_whole_image(body), range(count)))
@@ -149,7 +151,7 @@ def tick_in_child(ims_url: str, state_url: str, concurrency: int) -> dict[str, A
     config = CheckConfig(schedule=PollSchedule(0, 0), concurrency=concurrency, time_budget=600)
     started = time.perf_counter()
     cpu_before = time.process_time()
-    summary = run_check_sync(store=store, poller=deps.job_poller(), config=config)
+    summary = run_check_sync(store=store, poller=poller_for(deps), config=config)
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_before
     store.close()
@@ -204,7 +206,7 @@ def median_tick(ims_url: str, state_url: str, runs: int) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        summary = run_check_sync(store=store, poller=deps.job_poller(), config=config)
+        summary = run_check_sync(store=store, poller=poller_for(deps), config=config)
         times.append(time.perf_counter() - started)
         assert summary.polled == 1000, summary.as_json()  # noqa: S101 (a broken run must not print a figure)
         time.sleep(0.01)  # next_poll_at = now: make the jobs due again
@@ -318,7 +320,7 @@ def bench_queries_per_job(job_minutes: float, samples: int) -> None:
                 idempotency_key=None,
                 requested_by=None,
                 trace=None,
-                ims=deps.ims_client(),
+                ims=ims_client(deps),
                 store=store,
                 now=clock.now,
             )
@@ -329,7 +331,7 @@ def bench_queries_per_job(job_minutes: float, samples: int) -> None:
                 assert due is not None  # noqa: S101
                 clock.moment = max(clock.moment, due.timestamp())
                 run_check_sync(
-                    store=store, poller=deps.job_poller(), config=config, now=clock.now, rng=rng
+                    store=store, poller=poller_for(deps), config=config, now=clock.now, rng=rng
                 )
             job = store.get_by_ims_job_id(next(iter(ims.jobs)))
             if job is None or job.status is not JobStatus.SUCCESS:

@@ -42,6 +42,8 @@ from wholeimage.notify import (  # noqa: E402
 )
 from wholeimage.results import Channel, JobResult  # noqa: E402
 from wholeimage.schedule import PollSchedule  # noqa: E402
+from wholeimage.service.ports import ims_client  # noqa: E402
+from wholeimage.service.tick import poller_for  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
 
 SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -156,7 +158,7 @@ def bench_burst(jobs: int, min_gap: float = 1.0) -> None:
                 idempotency_key=None,
                 requested_by="bench",
                 trace=None,
-                ims=deps.ims_client(),
+                ims=ims_client(deps),
                 store=store,
                 now=lambda: datetime.now(UTC) - timedelta(seconds=30),
             )
@@ -167,7 +169,7 @@ def bench_burst(jobs: int, min_gap: float = 1.0) -> None:
         )
         tick = run_check_sync(
             store=store,
-            poller=deps.job_poller(),
+            poller=poller_for(deps),
             config=CheckConfig(schedule=PollSchedule(0, 0), concurrency=32, time_budget=600),
             outbox=outbox_for([channel]),
         )

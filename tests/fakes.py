@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from wholeimage.bootstrap import Dependencies
+from wholeimage.ims.client import ImsClient
+from wholeimage.ims.connection import ImsConnection
 from wholeimage.settings import Settings
 from wholeimage.store.sqlite import SqliteJobStore
 
@@ -57,3 +59,8 @@ def make_dependencies(
         store=SqliteJobStore(str(tmp_path / "state.db")),
         ims=ims or FakeImsClient(),
     )
+
+
+def build_ims_client(settings: Settings) -> ImsClient:
+    """The ``HttpImsClient`` the settings configure, as ``create`` builds it (endpoint, credentials)."""
+    return ImsConnection.from_settings(settings).client(settings)

@@ -1,7 +1,10 @@
-"""The composition root: builds the real ports from settings, once per process, lazily.
+"""The composition root: the process's settings and store, and a cache for the ports built from them.
 
-Tests and the CLI hand in their own ``Dependencies`` with ``set_dependencies``; nothing here
-runs at import time except what ``warn_if_open_at_start`` does, which is cheap by design.
+What a port needs is known where it is used: the application layer (``wholeimage.service``) builds
+each one on first use through ``Dependencies.once``, so a ``create`` process never loads the poller
+or the chat channels, and a ``notify`` process never loads IMS. Tests and the CLI hand in their own
+``Dependencies`` (with fakes in any port field) through ``set_dependencies``. Nothing here runs at
+import time except what ``warn_if_open_at_start`` does, which is cheap by design.
 """
 
 from __future__ import annotations
@@ -9,8 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from wholeimage.errors import ConfigurationError
+from wholeimage.logs import configure_logging, register_secrets
+from wholeimage.settings import Settings, get_settings
+from wholeimage.store.records import JobStore
+from wholeimage.store.sqlite import SqliteJobStore
 
 if TYPE_CHECKING:
     import httpx
@@ -19,101 +29,55 @@ if TYPE_CHECKING:
     from wholeimage.ims.connection import ImsConnection
     from wholeimage.ims.poller import JobPoller
     from wholeimage.results import Channel
-    from wholeimage.settings import Settings
-    from wholeimage.store.records import JobStore
 
 log = logging.getLogger("wholeimage")
 
 API_TOKEN_VARIABLE = "WHOLEIMAGE_API_TOKEN"  # noqa: S105 (a variable name, not a token)
 
+Port = TypeVar("Port")
+
 
 @dataclass
 class Dependencies:
-    """The ports the use cases need; IMS is built on first need so reads work without a cloud."""
+    """The settings, the store, and each port once it is built (or handed in by a test)."""
 
     settings: Settings
     store: JobStore
+    connection: ImsConnection | None = None
     ims: ImsClient | None = None
     poller: JobPoller | None = None
+    channels: list[Channel] | None = None
     webhooks: httpx.Client | None = None
-    _channels: list[Channel] | None = field(default=None, repr=False)
-    _connection: ImsConnection | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
-    def _ims_connection(self) -> ImsConnection:
-        if self._connection is None:
-            from wholeimage.ims.connection import ImsConnection
+    def once(self, port: str, build: Callable[[], Port]) -> Port:
+        """The port in field ``port``: built by ``build`` on first use, then kept for the process.
 
-            self._connection = ImsConnection.from_settings(self.settings)
-        return self._connection
-
-    def ims_client(self) -> ImsClient:
-        """The IMS client, built from the settings on first use."""
+        Re-entrant, so one port's builder may ask for another (the client for the connection).
+        """
         with self._lock:
-            if self.ims is None:
-                self.ims = self._ims_connection().client(self.settings)
-            return self.ims
-
-    def channels(self) -> list[Channel]:
-        """The notification channels (configuration only), checked on first use."""
-        with self._lock:
-            if self._channels is None:
-                from wholeimage.logs import register_secrets
-
-                self._channels = self.settings.notification_channels()
-                register_secrets(self.settings.secret_values())
-            return self._channels
-
-    def webhook_http(self) -> httpx.Client:
-        """The client that posts to webhooks: no redirects (they would be misconfiguration)."""
-        with self._lock:
-            if self.webhooks is None:
-                import httpx
-
-                from wholeimage.httputil import USER_AGENT, shared_ssl_context
-
-                self.webhooks = httpx.Client(
-                    timeout=httpx.Timeout(15.0, connect=5.0),
-                    verify=shared_ssl_context(),
-                    follow_redirects=False,
-                    headers={"User-Agent": f"{USER_AGENT} (wholeimage notifier)"},
-                )
-            return self.webhooks
-
-    def job_poller(self) -> JobPoller:
-        """The async job poller for ``check``, built from the settings on first use."""
-        with self._lock:
-            if self.poller is None:
-                from wholeimage.ims.poller import job_poller
-
-                self.poller = job_poller(self._ims_connection(), self.settings)
-            return self.poller
+            value: Any = getattr(self, port)
+            if value is None:
+                value = build()
+                setattr(self, port, value)
+            return cast("Port", value)
 
 
 def open_store(state_url: str) -> JobStore:
     """The store for ``WHOLEIMAGE_STATE_URL``.
 
-    The adapter is imported only once the URL names it, so psycopg loads only where PostgreSQL is
-    configured.
+    Raises:
+        ConfigurationError: the URL names no store we have.
     """
     if state_url.startswith("sqlite:///"):
-        from wholeimage.store.sqlite import SqliteJobStore
-
         return SqliteJobStore(state_url.removeprefix("sqlite:///"))
     if state_url.startswith(("postgresql://", "postgres://")):
-        from wholeimage.store.postgres import PostgresJobStore
+        # Imported only when configured: psycopg and its pool cost a process that uses SQLite
+        # tens of milliseconds of cold start for nothing.
+        from wholeimage.store.postgres import PostgresJobStore  # noqa: PLC0415
 
         return PostgresJobStore(state_url)
-    from wholeimage.errors import ConfigurationError
-
     raise ConfigurationError("WHOLEIMAGE_STATE_URL must be sqlite:///path or postgresql://...")
-
-
-def build_ims_client(settings: Settings) -> ImsClient:
-    """An ``HttpImsClient`` for the configured endpoint and credentials."""
-    from wholeimage.ims.connection import ImsConnection
-
-    return ImsConnection.from_settings(settings).client(settings)
 
 
 _dependencies: Dependencies | None = None
@@ -125,9 +89,6 @@ def get_dependencies() -> Dependencies:
     global _dependencies  # noqa: PLW0603 (a lazy per-process singleton)
     with _dependencies_lock:
         if _dependencies is None:
-            from wholeimage.logs import configure_logging, register_secrets
-            from wholeimage.settings import get_settings
-
             settings = get_settings()
             configure_logging(settings.log_level)
             register_secrets(settings.secret_values())
@@ -147,8 +108,6 @@ def warn_if_open_at_start() -> None:
     # Only this variable is read at start, directly and cheaply, so the warning appears when the
     # process starts rather than on its first request; everything else waits for first use.
     if not os.environ.get(API_TOKEN_VARIABLE):
-        from wholeimage.logs import configure_logging
-
         configure_logging()
         log.warning(
             f"{API_TOKEN_VARIABLE} is not set: wholeimage accepts calls from anyone who can reach it. "

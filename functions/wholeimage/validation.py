@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError
+from referencing import Registry, Resource
 
 from wholeimage.errors import ConfigurationError, RequestInvalidError
-
-if TYPE_CHECKING:
-    from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
 CREATE_REQUEST_SCHEMA = "create-request.schema.json"
@@ -35,6 +35,33 @@ ERROR_MESSAGE_KEYWORD = "x-error-message"
 _PLAIN_MEMBER = re.compile("^[a-zA-Z][a-zA-Z0-9_]*$")
 
 _lock = threading.Lock()
+
+
+def decode_json(data: bytes, *, where: str = "$", source: str = "the body") -> Any:
+    """Decode one JSON document (a request body, a file), or say precisely why not.
+
+    ``where`` is the JSON path the details name, ``source`` what the message calls the document.
+
+    Raises:
+        RequestInvalidError: empty, not UTF-8, or not JSON.
+    """
+    if not data.strip():
+        raise RequestInvalidError(
+            f"{source} is empty", details=[{"path": where, "message": "a JSON object is required"}]
+        )
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise RequestInvalidError(
+            f"{source} is not UTF-8", details=[{"path": where, "message": "not valid UTF-8"}]
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RequestInvalidError(
+            f"{source} is not valid JSON",
+            details=[
+                {"path": where, "message": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}
+            ],
+        ) from None
 
 
 def schema_dir() -> Path:
@@ -91,8 +118,6 @@ def format_checker() -> FormatChecker:
     must refuse the same bodies, and a time the schema's pattern lets through but the code
     cannot read must be a 400 here, not a 500 later.
     """
-    from jsonschema import Draft202012Validator, FormatChecker
-
     checker = FormatChecker(formats=())
     checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
     checker.checks("date-time", raises=ValueError)(readable_date_time)
@@ -102,9 +127,6 @@ def format_checker() -> FormatChecker:
 @cache
 def validator_for(schema_name: str) -> Draft202012Validator:
     """The compiled validator for one schema file, built once per process."""
-    from jsonschema import Draft202012Validator
-    from referencing import Registry, Resource
-
     with _lock:
         schemas = load_schemas(schema_dir())
         if schema_name not in schemas:

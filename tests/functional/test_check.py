@@ -62,6 +62,8 @@ from wholeimage.ims.job_report import parse_job_report
 from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.schedule import PollSchedule
+from wholeimage.service.ports import ims_client
+from wholeimage.service.tick import poller_for
 from wholeimage.settings import Settings
 from wholeimage.store.records import JobStore, PollUpdate
 from wholeimage.store.sqlite import SqliteJobStore
@@ -655,7 +657,7 @@ def submit(
             idempotency_key=None,
             requested_by="tests",
             trace=None,
-            ims=deps.ims_client(),
+            ims=ims_client(deps),
             store=deps.store,
             now=now,
         ).job
@@ -668,7 +670,7 @@ def tick(
 ) -> CheckSummary:
     return run_check_sync(
         store=deps.store,
-        poller=deps.job_poller(),
+        poller=poller_for(deps),
         config=config or check_config_from_settings(deps.settings),
         now=clock.now,
         **kwargs,
@@ -869,7 +871,7 @@ def test_throttling_is_counted_and_reschedules_jobs_without_failing_them(store, 
         )
 
         summary = tick(deps, clock)
-        assert deps.job_poller().limiter.pauses >= 1
+        assert poller_for(deps).limiter.pauses >= 1
 
     assert summary.polled == 3
     assert dict(summary.errors) == {"throttled": 2}
@@ -1037,7 +1039,7 @@ def test_the_time_budget_stops_claiming_and_hands_back_what_was_not_started(stor
             check_config_from_settings(settings), time_budget=0.2, concurrency=2, batch_size=8
         )
 
-        first = run_check_sync(store=spy, poller=deps.job_poller(), config=config, now=clock.now)
+        first = run_check_sync(store=spy, poller=poller_for(deps), config=config, now=clock.now)
 
         assert first.budget_exhausted is True
         assert 0 < first.polled < total
@@ -1134,7 +1136,7 @@ def test_four_overlapping_ticks_in_threads_query_and_end_every_job_exactly_once(
         own = open_store(state_url)
         try:
             with wired(overlap_settings(ims.url), own) as deps:
-                poller = deps.job_poller()
+                poller = poller_for(deps)
                 barrier.wait(timeout=WAIT_SECONDS)
                 summary = run_check_sync(
                     store=own,
@@ -1165,7 +1167,7 @@ def child_tick(
     """One tick in a child process, started together with the others by ``barrier``."""
     store = open_store(state_url)
     try:
-        poller = Dependencies(settings=overlap_settings(ims_url), store=store).job_poller()
+        poller = poller_for(Dependencies(settings=overlap_settings(ims_url), store=store))
         barrier.wait(timeout=WAIT_SECONDS)
         summary = run_check_sync(
             store=store,
@@ -1184,7 +1186,7 @@ def child_tick(
 def child_tick_until_killed(ims_url: str, state_url: str, now_epoch: float, lease: float) -> None:
     """A tick whose queries hang until the parent kills this process."""
     store = open_store(state_url)
-    poller = Dependencies(settings=overlap_settings(ims_url), store=store).job_poller()
+    poller = poller_for(Dependencies(settings=overlap_settings(ims_url), store=store))
     run_check_sync(
         store=store,
         poller=poller,

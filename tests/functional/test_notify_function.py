@@ -51,7 +51,8 @@ from wholeimage import notify
 from wholeimage.bootstrap import Dependencies, set_dependencies
 from wholeimage.logs import REDACTED, JsonFormatter, configure_logging, redact
 from wholeimage.notify import ChannelLimiters, notifications_for
-from wholeimage.service import check_tick, notify_now
+from wholeimage.service.delivery import deliver_now
+from wholeimage.service.tick import tick
 from wholeimage.store.records import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -490,7 +491,7 @@ def test_no_log_line_error_dead_letter_or_answer_shows_a_webhook_credential(
 
 @pytest.fixture
 def live_ims() -> Iterator[ImsEmulator]:
-    """An emulator on real time (``check_tick`` reads the real clock); jobs end at first query."""
+    """An emulator on real time (``tick`` reads the real clock); jobs end at first query."""
     with ImsEmulator(EmulatorConfig(job_seconds=0)) as emulator:
         yield emulator
 
@@ -505,7 +506,7 @@ def tick_with(
     )
     try:
         [job] = submit(deps, now=a_minute_ago, name="inline")
-        answer = check_tick(deps)
+        answer = tick(deps).as_json()
     finally:
         close_ims(deps)
     return answer, deps, job.request_id
@@ -539,7 +540,7 @@ def test_without_inline_delivery_a_tick_leaves_the_rows_pending_for_notify(store
         assert service.requests == []
         assert store.notification_counts() == {"PENDING": 1}
 
-        assert notify_now(deps).delivered == 1
+        assert deliver_now(deps).delivered == 1
         assert len(service.requests) == 1
         assert store.notification_counts() == {"DELIVERED": 1}
     finally:

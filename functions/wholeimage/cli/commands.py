@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wholeimage.bootstrap import Dependencies, get_dependencies
 from wholeimage.cli import tables
 from wholeimage.cli.output import (
     EXIT_FAILED,
@@ -31,6 +32,7 @@ from wholeimage.cli.output import (
     EXIT_USAGE,
     Output,
 )
+from wholeimage.cli.serve import serve as serve_forever
 from wholeimage.errors import (
     ConfigurationError,
     ConflictError,
@@ -45,12 +47,15 @@ from wholeimage.errors import (
     UpstreamUnavailableError,
     WholeImageError,
 )
+from wholeimage.logs import redact
+from wholeimage.models import OUTSTANDING, Job, JobStatus
+from wholeimage.service.delivery import Redrive, dead_letters, deliver
+from wholeimage.service.jobs import create_request, find_by_any_id, list_jobs, submit
+from wholeimage.service.tick import TickReport, tick
+from wholeimage.validation import decode_json
 
 if TYPE_CHECKING:
     import argparse
-
-    from wholeimage.bootstrap import Dependencies
-    from wholeimage.models import Job
 
 # --wait: the least time between two ticks it runs (so a job due at every tick is not polled
 # in a tight loop), and how often it re-reads the job while waiting for its next poll (another
@@ -133,8 +138,6 @@ def report(error: BaseException, output: Output, *, next_step: str) -> None:
     if isinstance(error, WholeImageError):
         body = error.body()
     else:
-        from wholeimage.logs import redact
-
         # The driver's own words, first line only and redacted: they may quote the connection
         # URL, whose password is not among the registered secrets.
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -164,8 +167,6 @@ def report(error: BaseException, output: Output, *, next_step: str) -> None:
 
 def dependencies() -> Dependencies:
     """The environment's dependencies, with logs moved off stdout (it carries the answer)."""
-    from wholeimage.bootstrap import get_dependencies
-
     deps = get_dependencies()
     logger = logging.getLogger("wholeimage")
     for handler in logger.handlers:
@@ -200,25 +201,7 @@ def read_json(path: str) -> Any:
             f"cannot read {where}: {exc.strerror or exc}",
             details=[{"path": "$", "message": f"--file {path} is not readable"}],
         ) from None
-    if not data.strip():
-        raise RequestInvalidError(
-            f"the body in {where} is empty",
-            details=[{"path": "$", "message": "a JSON object is required"}],
-        )
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError:
-        raise RequestInvalidError(
-            f"the body in {where} is not UTF-8",
-            details=[{"path": "$", "message": "not valid UTF-8"}],
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise RequestInvalidError(
-            f"the body in {where} is not valid JSON",
-            details=[
-                {"path": "$", "message": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}
-            ],
-        ) from None
+    return decode_json(data, source=f"the body in {where}")
 
 
 def body_from(args: argparse.Namespace) -> Any:
@@ -263,42 +246,15 @@ def requested_by() -> str:
     return f"cli:{user}@{socket.gethostname()}"[:256]
 
 
-_SUBMIT_MESSAGES = {
-    "SUBMITTED": "IMS accepted the request; the job is tracked until it ends.",
-    "SUBMIT_UNCERTAIN": (
-        "IMS did not answer in time after the request was sent: it may or may not have created "
-        "the job. It was recorded and will not be resubmitted automatically; check IMS before "
-        "retrying with a new idempotency key."
-    ),
-}
-
-
-def submit(args: argparse.Namespace, output: Output) -> int:
+def submit_command(args: argparse.Namespace, output: Output) -> int:
     """``submit``: validate, submit to IMS, record; with ``--wait``, follow it to its verdict."""
-    from wholeimage.create import submit_create
-    from wholeimage.models import CreateImageRequest, JobStatus
-    from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate
-
-    body = body_from(args)
     # Validation needs no settings: a bad body is refused even where nothing is configured.
-    validate(CREATE_REQUEST_SCHEMA, body)
-    request = CreateImageRequest.model_validate(body)
+    request = create_request(body_from(args))
     deps = dependencies()
-    outcome = submit_create(
-        request,
-        idempotency_key=args.idempotency_key,
-        requested_by=requested_by(),
-        trace=None,
-        ims=deps.ims_client(),
-        store=deps.store,
+    submission = submit(
+        deps, request, idempotency_key=args.idempotency_key, requested_by=requested_by()
     )
-    job = outcome.job
-    message = _SUBMIT_MESSAGES.get(job.status.value, "The job is tracked.")
-    if outcome.replayed:
-        message = (
-            "Replayed: this idempotency key was used before with the same body; this is that "
-            "job (no second IMS job)."
-        )
+    job, message = submission.job, submission.message
     if job.status is JobStatus.SUBMIT_UNCERTAIN:
         output.answer({**job.public_view(None), "message": message}, job_text(job, message))
         return EXIT_UNAVAILABLE
@@ -327,8 +283,6 @@ def verdict(job: Job, unfinished: str | None, output: Output) -> int:
         unfinished: Why the wait stopped without a verdict, or None when there is one.
         output: Where to print.
     """
-    from wholeimage.models import JobStatus
-
     if unfinished is not None:
         message = (
             f"{unfinished}; the job is still tracked: wholeimage status "
@@ -360,9 +314,6 @@ def wait_for_verdict(
     Returns:
         The job as last read, and None when it has a verdict, else why the wait stopped.
     """
-    from wholeimage.models import OUTSTANDING
-    from wholeimage.service import check_tick
-
     started = clock()
     last_tick: float | None = None
     shown = _progress_of(job)
@@ -378,10 +329,10 @@ def wait_for_verdict(
         )
         since_tick = clock() - last_tick if last_tick is not None else MIN_PAUSE
         if due_in <= 0 and since_tick >= MIN_PAUSE:
-            answer = check_tick(deps)
+            aborted = tick(deps).check.aborted
             last_tick = clock()
-            if answer.get("aborted"):
-                return job, f"the check tick aborted ({answer['aborted']})"
+            if aborted:
+                return job, f"the check tick aborted ({aborted})"
         else:
             pause = min(max(due_in, MIN_PAUSE - since_tick), REFRESH)
             if timeout is not None:
@@ -428,25 +379,17 @@ def job_text(job: Job, message: str | None = None) -> str:
 # --- status and list ---------------------------------------------------------------------------
 
 
-def status(args: argparse.Namespace, output: Output) -> int:
+def status_command(args: argparse.Namespace, output: Output) -> int:
     """``status``: one job by IMS job id or request id; exit 1 when it failed or timed out."""
-    from wholeimage.models import JobStatus
-
-    deps = dependencies()
-    job = deps.store.get_by_ims_job_id(args.job) or deps.store.get(args.job)
-    if job is None:
-        raise NotFoundError(f"no tracked job has the IMS job id or request id {args.job!r}")
+    job = find_by_any_id(dependencies(), args.job)
     output.answer(job.public_view(None), job_text(job))
     return EXIT_FAILED if job.status in (JobStatus.FAIL, JobStatus.TIMED_OUT) else EXIT_OK
 
 
-def list_jobs(args: argparse.Namespace, output: Output) -> int:
+def list_command(args: argparse.Namespace, output: Output) -> int:
     """``list``: tracked jobs, newest first."""
-    from wholeimage.models import JobStatus
-
-    statuses = {JobStatus(name) for names in args.status for name in names} or None
-    deps = dependencies()
-    jobs = deps.store.list_jobs(statuses=statuses, since=args.since, limit=args.limit)
+    statuses = {JobStatus(name) for names in args.status for name in names}
+    jobs = list_jobs(dependencies(), statuses=statuses, since=args.since, limit=args.limit)
     rows = [
         (
             job.created_at,
@@ -472,88 +415,80 @@ def list_jobs(args: argparse.Namespace, output: Output) -> int:
 # --- tick and notify ---------------------------------------------------------------------------
 
 
-def tick(args: argparse.Namespace, output: Output) -> int:
-    """``tick``: one check tick; exit 1 when it aborted."""
-    from wholeimage.service import check_tick
-
-    answer = check_tick(dependencies())
+def tick_text(report: TickReport) -> str:
+    """A tick's summary for people."""
+    summary = report.check
     rows: list[tuple[str, object]] = [
-        ("polled", answer["polled"]),
-        ("ended", tables.counts(answer["ended"])),
-        ("errors", tables.counts(answer["errors"])),
-        ("still outstanding", answer["still_outstanding"]),
-        ("next due", tables.moment(answer["next_due_at"])),
-        ("budget exhausted", answer["budget_exhausted"]),
-        ("aborted", answer["aborted"]),
-        ("lost leases", answer["lost_leases"]),
-        ("duration", f"{answer['duration_s']:.3f} s"),
+        ("polled", summary.polled),
+        ("ended", tables.counts(summary.ended)),
+        ("errors", tables.counts(summary.errors)),
+        ("still outstanding", summary.still_outstanding),
+        ("next due", tables.moment(summary.next_due_at)),
+        ("budget exhausted", summary.budget_exhausted),
+        ("aborted", summary.aborted),
+        ("lost leases", summary.lost_leases),
+        ("duration", f"{summary.duration_s:.3f} s"),
     ]
-    if "notify" in answer:
-        rows.append(("notified", _notify_counts(answer["notify"])))
-    output.answer(answer, tables.fields(rows))
-    if answer.get("aborted"):
+    if report.notify is not None:
+        delivered = report.notify
+        counts = {
+            "delivered": delivered.delivered,
+            "retried": delivered.retried,
+            "dead": delivered.dead,
+            "digests": delivered.digests,
+        }
+        rows.append(("notified", tables.counts(counts)))
+    return tables.fields(rows)
+
+
+def tick_command(args: argparse.Namespace, output: Output) -> int:
+    """``tick``: one check tick; exit 1 when it aborted."""
+    report = tick(dependencies())
+    output.answer(report.as_json(), tick_text(report))
+    if report.check.aborted:
         output.progress(
-            f"the tick aborted: {answer['aborted']}\nnext: check the IMS credentials "
+            f"the tick aborted: {report.check.aborted}\nnext: check the IMS credentials "
             "(HUAWEICLOUD_SDK_AK/SK, WHOLEIMAGE_AUTH_TOKEN or WHOLEIMAGE_IAM_*); no job was failed"
         )
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _notify_counts(summary: dict[str, Any]) -> str:
-    keys = ("delivered", "retried", "dead", "digests")
-    return tables.counts({key: summary[key] for key in keys if key in summary})
-
-
-def notify(args: argparse.Namespace, output: Output) -> int:
+def notify_command(args: argparse.Namespace, output: Output) -> int:
     """``notify``: deliver the outbox (re-driving dead letters first), or list dead letters."""
-    from wholeimage.service import notify_now
-    from wholeimage.web import dead_letter_view
-
     deps = dependencies()
     if args.dead_letters:
-        dead = [dead_letter_view(row) for row in deps.store.dead_letters()]
+        dead = dead_letters(deps)
         text = tables.table(
             ("ID", "CHANNEL", "ATTEMPTS", "DEAD SINCE", "LAST ERROR"),
             [
-                (
-                    row["id"],
-                    row["channel"],
-                    row["attempts"],
-                    tables.moment(row["dead_at"]),
-                    row["last_error"],
-                )
+                (row.id, row.channel, row.attempts, tables.moment(row.dead_at), row.last_error)
                 for row in dead
             ],
         )
         if dead:
             text += "\n\nre-drive them: wholeimage notify --redrive all (or --redrive ID,ID)"
-        output.answer(dead, text)
+        output.answer([row.as_json() for row in dead], text)
         return EXIT_OK
-    answer: dict[str, Any] = {}
-    if args.redrive is not None:
-        ids = None if args.redrive == "all" else [part for part in args.redrive.split(",") if part]
-        answer["redriven"] = deps.store.redrive(ids, now=datetime.now(UTC))
-    answer.update(notify_now(deps).as_json())
+    report = deliver(deps, redrive=Redrive.parse(args.redrive))
+    summary = report.summary
     rows: list[tuple[str, object]] = [
-        ("redriven", answer.get("redriven")),
-        ("claimed", answer["claimed"]),
-        ("messages", tables.counts(answer["messages"])),
-        ("delivered", answer["delivered"]),
-        ("retried", answer["retried"]),
-        ("dead", answer["dead"]),
-        ("digests", answer["digests"]),
-        ("errors", tables.counts(answer["errors"])),
-        ("budget exhausted", answer["budget_exhausted"]),
+        ("redriven", report.redriven),
+        ("claimed", summary.claimed),
+        ("messages", tables.counts(summary.messages)),
+        ("delivered", summary.delivered),
+        ("retried", summary.retried),
+        ("dead", summary.dead),
+        ("digests", summary.digests),
+        ("errors", tables.counts(summary.errors)),
+        ("budget exhausted", summary.budget_exhausted),
     ]
-    output.answer(answer, tables.fields(rows))
+    output.answer(report.as_json(), tables.fields(rows))
     return EXIT_OK
 
 
-def serve(args: argparse.Namespace, output: Output) -> int:
+def serve_command(args: argparse.Namespace, output: Output) -> int:
     """``serve``: the three functions in one process (``wholeimage.cli.serve``)."""
-    from wholeimage.cli.serve import serve as serve_forever
-
     return serve_forever(
         host=args.host,
         port=args.port,
@@ -566,10 +501,10 @@ def serve(args: argparse.Namespace, output: Output) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
-    "submit": submit,
-    "status": status,
-    "list": list_jobs,
-    "tick": tick,
-    "notify": notify,
-    "serve": serve,
+    "submit": submit_command,
+    "status": status_command,
+    "list": list_command,
+    "tick": tick_command,
+    "notify": notify_command,
+    "serve": serve_command,
 }

@@ -8,8 +8,8 @@ in between: ``submit`` (create, and ``--wait`` drives check until the verdict), 
 and ``serve`` (the three functions in one process). The local IMS emulator is a development
 tool outside the package: ``python -m ims_emulator`` (``tools/ims_emulator/README.md``).
 
-This module only parses: it imports nothing beyond the standard library at import time, so
-``--help`` is instant; each command's modules load when it runs (``wholeimage.cli.commands``).
+This module only parses: it imports nothing beyond the standard library, so ``--help`` and usage
+errors are instant; the commands (``wholeimage.cli.commands``) load once the arguments parsed.
 """
 
 from __future__ import annotations
@@ -19,25 +19,19 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 from wholeimage.cli.output import EXIT_CODES_HELP
+from wholeimage.idempotency import IDEMPOTENCY_KEY_RULE, clean_idempotency_key
+from wholeimage.statuses import ENDED, OUTSTANDING, JobStatus
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-STATUS_NAMES = (
-    "SUBMITTING",
-    "SUBMIT_UNCERTAIN",
-    "SUBMITTED",
-    "INIT",
-    "RUNNING",
-    "SUCCESS",
-    "FAIL",
-    "TIMED_OUT",
-)
-# Groups an operator thinks in; the same sets as wholeimage.models OUTSTANDING and ENDED.
+STATUS_NAMES = tuple(status.value for status in JobStatus)
+# Groups an operator thinks in: the sets the code uses.
 STATUS_GROUPS = {
-    "OUTSTANDING": ("SUBMITTED", "INIT", "RUNNING"),
-    "ENDED": ("SUCCESS", "FAIL", "TIMED_OUT"),
+    "OUTSTANDING": tuple(status.value for status in JobStatus if status in OUTSTANDING),
+    "ENDED": tuple(status.value for status in JobStatus if status in ENDED),
 }
 
 
@@ -101,8 +95,6 @@ def idempotency_key(text: str) -> str:
     Raises:
         argparse.ArgumentTypeError: empty, over 255 characters, or not printable.
     """
-    from wholeimage.idempotency import IDEMPOTENCY_KEY_RULE, clean_idempotency_key
-
     key = clean_idempotency_key(text)
     if key is None:
         raise argparse.ArgumentTypeError(f"an idempotency key is {IDEMPOTENCY_KEY_RULE}")
@@ -139,12 +131,11 @@ def seconds(text: str) -> float:
     return value
 
 
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", help="print JSON for scripts instead of a table"
-    )
     parser = argparse.ArgumentParser(
         prog="wholeimage",
         description="Operate wholeimage: submit full-ECS image requests, follow and list jobs, "
@@ -153,18 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_submit(commands)
+    _add_status(commands)
+    _add_list(commands)
+    _add_tick(commands)
+    _add_notify(commands)
+    _add_serve(commands)
+    return parser
 
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
-            name,
-            parents=[common],
-            help=help_text,
-            description=description,
-            epilog=EXIT_CODES_HELP,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
 
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument(
+    "--json", action="store_true", help="print JSON for scripts instead of a table"
+)
+
+
+def command(
+    commands: _Commands,
+    name: str,
+    help_text: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """One command's parser, with ``--json`` and the exit codes in its help."""
+    return commands.add_parser(
+        name,
+        parents=[_COMMON],
+        help=help_text,
+        description=description,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_submit(commands: _Commands) -> None:
+    """The ``submit`` command."""
     submit = command(
+        commands,
         "submit",
         "submit a full-ECS image request (like POST to create)",
         "Validate the body against schemas/create-request.schema.json (every failing field is "
@@ -205,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --wait: stop waiting after this long (exit 1; the job goes on)",
     )
 
+
+def _add_status(commands: _Commands) -> None:
+    """The ``status`` command."""
     status = command(
+        commands,
         "status",
         "show one tracked job (like GET create?job_id=)",
         "Show a tracked job by its IMS job id or by our request id. Exit 1 when it failed or "
@@ -213,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("job", metavar="JOB_ID|REQUEST_ID")
 
+
+def _add_list(commands: _Commands) -> None:
+    """The ``list`` command."""
     listing = command(
+        commands,
         "list",
         "list tracked jobs, newest first",
         "List tracked jobs, newest first (by when they were recorded).",
@@ -236,14 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
 
+
+def _add_tick(commands: _Commands) -> None:
+    """The ``tick`` command."""
     command(
+        commands,
         "tick",
         "run one check tick and print its summary",
         "Poll the due IMS jobs once, as the check function does (what a CronJob or a crontab "
         "line runs). Exit 1 when the tick aborted (IMS refused our credentials).",
     )
 
+
+def _add_notify(commands: _Commands) -> None:
+    """The ``notify`` command."""
     notify = command(
+        commands,
         "notify",
         "deliver pending notifications and print a summary",
         "Deliver what the notification outbox holds, as the notify function does.",
@@ -251,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("--redrive", metavar="all|ID,ID", help="re-drive dead letters first")
     notify.add_argument("--dead-letters", action="store_true", help="only list the dead letters")
 
+
+def _add_serve(commands: _Commands) -> None:
+    """The ``serve`` command."""
     serve = command(
+        commands,
         "serve",
         "serve the three functions in one process",
         "Serve create, check and notify at /create, /check and /notify of one HTTP server: each "
@@ -277,13 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="functions/main.py to serve (default: the one beside the wholeimage package)",
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(arguments)
-    from wholeimage.cli.commands import run
+    # Loaded after parsing, so --help and a usage error stay instant (the parser is standard
+    # library only; the commands load the whole application).
+    from wholeimage.cli.commands import run  # noqa: PLC0415
 
     return run(args)

@@ -19,7 +19,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from functions_framework import create_app
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import make_server
+
 from wholeimage.errors import ConfigurationError
+
+try:
+    import gunicorn.app.base
+
+    HAVE_GUNICORN = True
+except ImportError:  # gunicorn needs fcntl: not on Windows, where werkzeug's server serves
+    HAVE_GUNICORN = False
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -83,9 +94,6 @@ def build_app(source: Path | None = None) -> WSGIApplication:
     Raises:
         ConfigurationError: ``source`` (or the default ``main.py``) does not exist.
     """
-    from functions_framework import create_app
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
-
     main_py = source or default_source()
     if not main_py.is_file():
         raise ConfigurationError(
@@ -117,14 +125,6 @@ def _announce(url: str, output: Output) -> None:
         print("\n".join(lines), file=output.out, flush=True)
 
 
-def _gunicorn_available() -> bool:
-    try:
-        import gunicorn.app.base  # noqa: F401 (only whether it imports: it needs fcntl)
-    except ImportError:
-        return False
-    return True
-
-
 def serve(
     *,
     host: str,
@@ -138,7 +138,7 @@ def serve(
     """Serve until interrupted; prints where once it listens. Returns the exit code."""
     app = build_app(source)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    use_gunicorn = server == "gunicorn" or (server == "auto" and _gunicorn_available())
+    use_gunicorn = server == "gunicorn" or (server == "auto" and HAVE_GUNICORN)
     if use_gunicorn:
         _run_gunicorn(
             app,
@@ -149,8 +149,6 @@ def serve(
             ready=lambda: _announce(url, output),
         )
         return 0
-    from werkzeug.serving import make_server
-
     if workers > 1:
         print("werkzeug serves with one process; --workers is ignored", file=output.err)
     httpd = make_server(host, port, app, threaded=True)
@@ -173,7 +171,8 @@ def _run_gunicorn(
     threads: int,
     ready: Any,
 ) -> None:
-    import gunicorn.app.base
+    if not HAVE_GUNICORN:
+        raise ConfigurationError("gunicorn cannot be imported here: use --server werkzeug")
 
     class Application(gunicorn.app.base.BaseApplication):  # type: ignore[misc]  # untyped base
         def load_config(self) -> None:

@@ -1,0 +1,61 @@
+"""One ``check`` tick: what the ``check`` function, the CLI's ``tick`` and ``submit --wait`` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from wholeimage.bootstrap import Dependencies
+from wholeimage.check import CheckSummary, check_config_from_settings, run_check_sync
+from wholeimage.ims.poller import JobPoller, job_poller
+from wholeimage.notify import NotifySummary, outbox_for
+from wholeimage.results import console_url
+from wholeimage.service.delivery import channels, deliver_now
+from wholeimage.service.ports import ims_connection
+
+# The least budget inline delivery gets after a tick, even when the tick used up its own.
+MIN_NOTIFY_BUDGET = 5.0
+
+
+def poller_for(deps: Dependencies) -> JobPoller:
+    """The async job poller, built from the settings on first use."""
+    return deps.once("poller", lambda: job_poller(ims_connection(deps), deps.settings))
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one tick did, and what the delivery right after it did (``WHOLEIMAGE_NOTIFY_INLINE``)."""
+
+    check: CheckSummary
+    notify: NotifySummary | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The answer body of ``check``."""
+        answer = self.check.as_json()
+        if self.notify is not None:
+            answer["notify"] = self.notify.as_json()
+        return answer
+
+
+def tick(deps: Dependencies) -> TickReport:
+    """One ``check`` tick; ended jobs are handed to notification in the same transaction and,
+    with ``WHOLEIMAGE_NOTIFY_INLINE`` (the default), delivered right away: no extra hop."""
+    settings = deps.settings
+    configured = channels(deps)
+    outbox = None
+    if configured:
+        outbox = outbox_for(
+            configured, console=console_url(settings.cloud, settings.region), region=settings.region
+        )
+    summary = run_check_sync(
+        store=deps.store,
+        poller=poller_for(deps),
+        config=check_config_from_settings(settings),
+        outbox=outbox,
+    )
+    if not (configured and settings.notify_inline):
+        return TickReport(check=summary)
+    # What is left of the tick's budget, so check plus notify stay under the scheduler's limit.
+    left = max(MIN_NOTIFY_BUDGET, settings.check_time_budget - summary.duration_s)
+    delivered = deliver_now(deps, time_budget=min(settings.notify_time_budget, left))
+    return TickReport(check=summary, notify=delivered)

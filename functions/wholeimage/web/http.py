@@ -1,0 +1,198 @@
+"""What every function's HTTP edge shares: reading bodies and envelopes, authentication, answers.
+
+Every expected failure is a ``WholeImageError`` and becomes its JSON error body here, in
+``error_response``; anything else propagates so functions-framework answers 500 and the
+platform's error reporting sees it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from cloudevents.http import from_http
+from flask import Request, Response
+
+from wholeimage.bootstrap import Dependencies
+from wholeimage.errors import (
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    RequestInvalidError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    WholeImageError,
+)
+from wholeimage.idempotency import (
+    IDEMPOTENCY_KEY_RULE,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    clean_idempotency_key,
+)
+from wholeimage.validation import decode_json
+
+log = logging.getLogger("wholeimage.web")
+
+MAX_BODY_BYTES = 64 * 1024
+JSON_MEDIA_TYPE = "application/json"
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response."""
+    return Response(
+        json.dumps(body, ensure_ascii=False),
+        status=status,
+        headers=headers or {},
+        mimetype=JSON_MEDIA_TYPE,
+    )
+
+
+def error_response(error: WholeImageError) -> Response:
+    """The one mapping from our errors to HTTP."""
+    level = logging.ERROR if error.http_status >= 500 else logging.INFO
+    log.log(level, error.message, extra={"error_code": error.code, "status": error.http_status})
+    return json_response(error.http_status, error.body(), error.headers())
+
+
+def authenticate(request: Request, api_token: str | None) -> None:
+    """Require ``Authorization: Bearer <token>`` when a token is configured.
+
+    ``X-Api-Token: <token>`` is accepted too.
+
+    Raises:
+        UnauthorizedError: the header is missing or holds another token.
+    """
+    if not api_token:
+        return
+    # X-Api-Token serves callers whose Authorization header already carries the platform's
+    # own OIDC token (Cloud Scheduler, Pub/Sub push to a private Cloud Run service).
+    presented = request.headers.get("X-Api-Token")
+    if presented is None:
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        presented = bearer if scheme.lower() == "bearer" else ""
+    # compare_digest on bytes: constant time whatever the presented value holds.
+    if not hmac.compare_digest(presented.strip().encode("utf-8"), api_token.encode("utf-8")):
+        raise UnauthorizedError("a valid bearer token is required")
+
+
+def read_body(request: Request) -> bytes:
+    """The raw body, refusing more than ``MAX_BODY_BYTES`` without reading it all."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the body is over {MAX_BODY_BYTES} bytes")
+    data = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the body is over {MAX_BODY_BYTES} bytes")
+    return data
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == JSON_MEDIA_TYPE or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+class Envelope:
+    """A request's payload and who sent it, from plain JSON or a CloudEvent."""
+
+    def __init__(
+        self,
+        payload: Any,
+        *,
+        idempotency_key: str | None,
+        requested_by: str | None,
+        event_type: str | None = None,
+    ) -> None:
+        self.payload = payload
+        self.idempotency_key = idempotency_key
+        self.requested_by = requested_by
+        self.event_type = event_type  # a CloudEvent's type; None for plain JSON
+
+
+def _header_idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    cleaned = clean_idempotency_key(key)
+    if cleaned is None:
+        raise RequestInvalidError(
+            "the Idempotency-Key header is invalid",
+            details=[{"path": "header:Idempotency-Key", "message": IDEMPOTENCY_KEY_RULE}],
+        )
+    return cleaned
+
+
+def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
+    try:
+        event = from_http(dict(request.headers), data)
+    # from_http only parses what the caller sent, and raises more than its own GenericException
+    # for it: ValueError for a null attribute or a body that is not UTF-8, TypeError for an
+    # object as specversion. Whatever it raises, the event is malformed.
+    except Exception as exc:
+        raise RequestInvalidError(
+            "the CloudEvent is malformed", details=[{"path": "$", "message": str(exc)[:300]}]
+        ) from None
+    payload = event.get_data()
+    if isinstance(payload, bytes | bytearray | str):
+        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        payload = decode_json(raw, where="$.data")
+    source, event_id = str(event["source"]), str(event["id"])
+    if (
+        not (source + event_id).isprintable()
+        or len(source) + len(event_id) > MAX_IDEMPOTENCY_KEY_LENGTH
+    ):
+        raise RequestInvalidError(
+            "the CloudEvent's source and id must be printable and short",
+            details=[
+                {
+                    "path": "$.source",
+                    "message": f"source and id: printable, {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most",
+                }
+            ],
+        )
+    key = _header_idempotency_key(request) or f"cloudevent:{source}#{event_id}"
+    return Envelope(
+        payload, idempotency_key=key, requested_by=source, event_type=str(event["type"])
+    )
+
+
+def read_envelope(request: Request, data: bytes | None = None) -> Envelope:
+    """Read the body (or ``data``, already read) as plain JSON or a CloudEvent (either mode)."""
+    data = read_body(request) if data is None else data
+    content_type = request.headers.get("Content-Type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/cloudevents-batch+json":
+        raise UnsupportedMediaTypeError(
+            "batched CloudEvents are not accepted; send one event per request",
+            details=[{"path": "header:Content-Type", "message": media_type}],
+        )
+    if media_type == "application/cloudevents+json" or "ce-specversion" in request.headers:
+        return _cloud_event_envelope(request, data)
+    if not _is_json_media_type(content_type):
+        raise UnsupportedMediaTypeError(
+            "the body must be JSON (Content-Type: application/json) or a CloudEvent",
+            details=[{"path": "header:Content-Type", "message": f"got {media_type or 'nothing'}"}],
+        )
+    key = _header_idempotency_key(request)
+    return Envelope(decode_json(data), idempotency_key=key, requested_by=key)
+
+
+def status_url(request: Request, *, ims_job_id: str | None, request_id: str) -> str:
+    """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``)."""
+    base = request.base_url
+    return f"{base}?job_id={ims_job_id}" if ims_job_id else f"{base}?request_id={request_id}"
+
+
+def authenticated(request: Request, deps: Dependencies, allowed: tuple[str, ...]) -> None:
+    """Check the caller's token, then the method.
+
+    Raises:
+        UnauthorizedError: the token is missing or wrong.
+        MethodNotAllowedError: the method is not one of ``allowed``.
+    """
+    api_token = deps.settings.api_token
+    authenticate(request, api_token.get_secret_value() if api_token else None)
+    if request.method not in allowed:
+        raise MethodNotAllowedError(request.method, allowed)
