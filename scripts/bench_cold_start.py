@@ -1,11 +1,21 @@
-"""Benchmark: cold start of a served function, launch to first answers, and what it imports.
+"""Benchmark: the create function's cold start and CPU per request, each against functions-framework
+itself, measured in one run.
 
-Usage: ``.venv/bin/python scripts/bench_cold_start.py [--runs 7] [--target create]``
+Usage: ``.venv/bin/python scripts/bench_cold_start.py [--runs 9] [--requests 200]``
 
-For each run it launches ``functions-framework --source functions/main.py --target TARGET``
-(the documented command) against the in-process IMS emulator and measures the time from launch
-to (a) the first HTTP answer (a GET, 404) and (b) the first accepted POST (202), which includes
-building settings, the store, the validator and the IMS client. Prints medians and ranges.
+Both comparisons launch ``functions-framework --source ... --target ...`` (the documented command)
+from a virtual environment holding only ``requirements.txt`` (``.venv-runtime``, built on first use):
+what a deployment installs, without the test tools' extra packages. The IMS emulator runs in this
+process, so the server's own work is what is timed.
+
+1. Cold start, interleaved (hello, create, hello, create, ...), so load on the machine hits both
+   alike: launch -> first answer of a one-line function (the floor), against launch -> first
+   accepted ``create`` POST (202), which includes importing our modules, settings, the store and
+   its migrations, the validator, the IMS client and one signed IMS call. Printed as medians and
+   their ratio (target: at most 1.5).
+2. CPU per request once warm: the server process tree's user+system CPU over ``--requests``
+   accepted creates (validation, two store writes, one signed HTTP call each), against an echo
+   function answering the same body, each divided by the count. Printed with their ratio.
 """
 
 from __future__ import annotations
@@ -18,6 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,7 +40,34 @@ sys.path[:0] = [str(ROOT / "functions"), str(ROOT / "tools")]
 
 from ims_emulator import EmulatorConfig, ImsEmulator  # noqa: E402
 
+RUNTIME_VENV = ROOT / ".venv-runtime"
 BODY = b'{"name": "bench", "instance_id": "877a2cda-ba63-4e1e-b95f-e67e48b6129a"}'
+TOKEN = "bench-token-0123456789"  # noqa: S105 (a benchmark's own caller token)
+FUNCTIONS = """\
+def hello(request):
+    return "hello"
+
+
+def echo(request):
+    return request.get_data()
+"""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def runtime_python() -> Path:
+    """The interpreter of ``.venv-runtime`` (requirements.txt only), built when missing."""
+    python = RUNTIME_VENV / "bin" / "python"
+    stamp = RUNTIME_VENV / ".installed-requirements.txt"
+    if not stamp.exists() or (ROOT / "requirements.txt").stat().st_mtime > stamp.stat().st_mtime:
+        print("building .venv-runtime from requirements.txt ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(RUNTIME_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            + ["-r", str(ROOT / "requirements.txt")],
+            check=True,
+        )
+        stamp.touch()
+    return python
 
 
 def free_port() -> int:
@@ -36,53 +76,106 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def one_run(target: str, ims: ImsEmulator, state_dir: Path, run: int) -> tuple[float, float]:
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its descendants (gunicorn's worker is a child), from /proc."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        pending += [int(child) for child in children]
+    return total
+
+
+@contextmanager
+def served(
+    source: Path, target: str, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], str, float]]:
+    """A functions-framework process serving ``target``; yields it, its URL and its launch time."""
     port = free_port()
-    env = {
-        **os.environ,
-        "WHOLEIMAGE_IMS_ENDPOINT": ims.url,
-        "WHOLEIMAGE_PROJECT_ID": ims.config.project_id,
-        "HUAWEICLOUD_SDK_AK": ims.config.ak,
-        "HUAWEICLOUD_SDK_SK": ims.config.sk,
-        "WHOLEIMAGE_STATE_URL": f"sqlite:///{state_dir / f'run{run}.db'}",
-        "WHOLEIMAGE_API_TOKEN": "bench-token-0123456789",
-    }
-    url = f"http://127.0.0.1:{port}/"
-    headers = {"Authorization": "Bearer bench-token-0123456789"}
+    command = [str(RUNTIME_VENV / "bin" / "functions-framework"), "--source", str(source)]
     started = time.perf_counter()
     process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "functions-framework"),
-            "--source",
-            "functions/main.py",
-            "--target",
-            target,
-            "--port",
-            str(port),
-        ],
+        [*command, "--target", target, "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        while True:
-            try:
-                httpx.get(url, params={"job_id": "none"}, headers=headers, timeout=5)
-                break
-            except httpx.TransportError:
-                time.sleep(0.005)
-        first_answer = time.perf_counter() - started
-        response = httpx.post(
-            url, content=BODY, headers={**headers, "Content-Type": "application/json"}, timeout=10
-        )
-        if response.status_code != 202:
-            raise SystemExit(f"create answered {response.status_code}: {response.text}")
-        first_create = time.perf_counter() - started
+        yield process, f"http://127.0.0.1:{port}/", started
     finally:
         process.terminate()
         process.wait(timeout=10)
-    return first_answer, first_create
+
+
+def until_answered(send: object) -> httpx.Response:
+    """Call ``send`` until the server accepts the connection."""
+    while True:
+        try:
+            return send()  # type: ignore[operator,no-any-return]
+        except httpx.TransportError:
+            time.sleep(0.002)
+
+
+def create_env(ims: ImsEmulator, state: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WHOLEIMAGE_IMS_ENDPOINT": ims.url,
+        "WHOLEIMAGE_PROJECT_ID": ims.config.project_id,
+        "HUAWEICLOUD_SDK_AK": ims.config.ak,
+        "HUAWEICLOUD_SDK_SK": ims.config.sk,
+        "WHOLEIMAGE_STATE_URL": f"sqlite:///{state}",
+        "WHOLEIMAGE_API_TOKEN": TOKEN,
+    }
+
+
+def create_headers() -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {TOKEN}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": uuid.uuid4().hex,
+    }
+
+
+def accepted(response: httpx.Response) -> httpx.Response:
+    if response.status_code != 202:
+        raise SystemExit(f"create answered {response.status_code}: {response.text}")
+    return response
+
+
+def hello_cold_start(functions: Path) -> float:
+    with served(functions, "hello", dict(os.environ)) as (_, url, started):
+        until_answered(lambda: httpx.get(url, timeout=5))
+        return time.perf_counter() - started
+
+
+def create_cold_start(ims: ImsEmulator, state: Path) -> float:
+    source = ROOT / "functions" / "main.py"
+    with served(source, "create", create_env(ims, state)) as (_, url, started):
+        until_answered(
+            lambda: accepted(httpx.post(url, content=BODY, headers=create_headers(), timeout=10))
+        )
+        return time.perf_counter() - started
+
+
+def cpu_per_request(source: Path, target: str, env: dict[str, str], count: int) -> float:
+    """Seconds of server CPU per request, warm (the first request is not counted)."""
+    headers = create_headers if target == "create" else lambda: {"Content-Type": "application/json"}
+    expected = 202 if target == "create" else 200
+    with served(source, target, env) as (process, url, _), httpx.Client(timeout=10) as client:
+        until_answered(lambda: client.post(url, content=BODY, headers=headers()))
+        before = tree_cpu_seconds(process.pid)
+        for _ in range(count):
+            response = client.post(url, content=BODY, headers=headers())
+            if response.status_code != expected:
+                raise SystemExit(f"{target} answered {response.status_code}: {response.text}")
+        return (tree_cpu_seconds(process.pid) - before) / count
 
 
 def ms(values: list[float]) -> str:
@@ -90,74 +183,38 @@ def ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:.0f} ms (range {low:.0f}-{high:.0f})"
 
 
-def hello_world_baseline(runs: int, tmp: Path) -> list[float]:
-    """functions-framework serving a one-line function: the floor under our cold start."""
-    source = tmp / "hello.py"
-    source.write_text("def hello(request):\n    return 'hello'\n")
-    times = []
-    for _ in range(runs):
-        port = free_port()
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "functions-framework"),
-                "--source",
-                str(source),
-                "--target",
-                "hello",
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.005)
-            times.append(time.perf_counter() - started)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--target", default="create")
+    parser.add_argument("--runs", type=int, default=9, help="cold starts of each (default 9)")
+    parser.add_argument("--requests", type=int, default=200, help="warm requests (default 200)")
     args = parser.parse_args()
-    answers, creates = [], []
+    runtime_python()
+    hello, create = [], []
     with (
         ImsEmulator(EmulatorConfig(record_requests=False)) as ims,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        functions = Path(tmp) / "baseline.py"
+        functions.write_text(FUNCTIONS)
         for run in range(args.runs):
-            first_answer, first_create = one_run(args.target, ims, Path(tmp), run)
-            answers.append(first_answer)
-            creates.append(first_create)
-        baseline = hello_world_baseline(args.runs, Path(tmp))
-    print(f"target {args.target}, {args.runs} runs")
-    print(f"functions-framework hello world, launch -> first answer: {ms(baseline)}")
-    print(f"launch -> first HTTP answer:   {ms(answers)}")
-    print(f"launch -> first accepted POST: {ms(creates)}")
-    imports = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; import main; print(len(sys.modules)); "
-            "print(sorted(m for m in sys.modules if m.startswith('wholeimage')))",
-        ],
-        cwd=ROOT / "functions",
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "WHOLEIMAGE_API_TOKEN": "x" * 16},  # no start-up warning on stdout
-    ).stdout.split("\n")
-    print(f"modules loaded by importing functions/main.py: {imports[0]}; ours: {imports[1]}")
+            hello.append(hello_cold_start(functions))
+            create.append(create_cold_start(ims, Path(tmp) / f"cold{run}.db"))
+        echo_cpu = cpu_per_request(functions, "echo", dict(os.environ), args.requests)
+        create_cpu = cpu_per_request(
+            ROOT / "functions" / "main.py",
+            "create",
+            create_env(ims, Path(tmp) / "warm.db"),
+            args.requests,
+        )
+    ratio = statistics.median(create) / statistics.median(hello)
+    print(f"cold start, {args.runs} interleaved runs each (.venv-runtime: requirements.txt only)")
+    print(f"  functions-framework one-line function, launch -> first answer: {ms(hello)}")
+    print(f"  create, launch -> first accepted POST (202):                  {ms(create)}")
+    print(f"  ratio of the medians: {ratio:.2f} (target <= 1.5)")
+    print(f"server CPU per warm request, {args.requests} requests each")
+    print(f"  functions-framework echo of the same body: {echo_cpu * 1000:.2f} ms")
+    print(f"  create (validate, two store writes, one signed IMS call): {create_cpu * 1000:.2f} ms")
+    print(f"  ratio: {create_cpu / echo_cpu:.1f}")
 
 
 if __name__ == "__main__":

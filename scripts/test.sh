@@ -7,4 +7,5 @@ scripts/iac-tools.sh   # checkov in its own venv: it would downgrade the project
 echo "== ruff check";  .venv/bin/ruff check .
 echo "== ruff format"; .venv/bin/ruff format --check .
 echo "== mypy";        .venv/bin/mypy
+echo "== imports";     PYTHONPATH=functions .venv/bin/lint-imports --no-cache
 echo "== pytest";      .venv/bin/pytest "$@"
