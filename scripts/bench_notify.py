@@ -40,8 +40,8 @@ from wholeimage.notify import (  # noqa: E402
     notifications_for,
     outbox_for,
 )
+from wholeimage.poll_backoff import PollBackoff  # noqa: E402
 from wholeimage.results import Channel, JobResult  # noqa: E402
-from wholeimage.schedule import PollSchedule  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
 
 SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -168,7 +168,7 @@ def bench_burst(jobs: int, min_gap: float = 1.0) -> None:
         tick = run_check_sync(
             store=store,
             poller=deps.job_poller(),
-            config=CheckConfig(schedule=PollSchedule(0, 0), concurrency=32, time_budget=600),
+            config=CheckConfig(backoff=PollBackoff(0, 0), concurrency=32, time_budget=600),
             outbox=outbox_for([channel]),
         )
         clock = FakeClock()  # started after the tick, so every outbox row is due at once

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wholeimage.ims.poller import JobPoller, PollResult
 from wholeimage.models import ENDED, Job, JobStatus
-from wholeimage.schedule import PollSchedule
+from wholeimage.poll_backoff import PollBackoff
 from wholeimage.store.records import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ TIMED_OUT_CODE = "WHOLEIMAGE.TIMED_OUT"
 class CheckConfig:
     """How one tick behaves."""
 
-    schedule: PollSchedule = field(default_factory=PollSchedule)
+    backoff: PollBackoff = field(default_factory=PollBackoff)
     job_deadline: timedelta = timedelta(hours=3)
     time_budget: float = 120.0  # seconds; Cloud Scheduler gives up on a call after 180 s
     concurrency: int = 16
@@ -60,7 +60,7 @@ def check_config_from_settings(settings: Settings) -> CheckConfig:
     """The tick's configuration from ``WHOLEIMAGE_POLL_*``, ``WHOLEIMAGE_JOB_DEADLINE`` etc."""
     budget = settings.check_time_budget
     return CheckConfig(
-        schedule=PollSchedule(settings.poll_min_interval, settings.poll_max_interval),
+        backoff=PollBackoff(settings.poll_min_interval, settings.poll_max_interval),
         job_deadline=timedelta(seconds=settings.job_deadline),
         time_budget=budget,
         concurrency=settings.check_concurrency,
@@ -106,7 +106,7 @@ def decide(
     """The pure decision: what one poll result does to one job."""
     submitted_at = job.submitted_at or job.created_at
     deadline = job.deadline_at or submitted_at + config.job_deadline
-    next_poll = config.schedule.next_poll_at(submitted_at=submitted_at, now=now, rng=rng)
+    next_poll = config.backoff.next_poll_at(submitted_at=submitted_at, now=now, rng=rng)
     report = result.report
     if result.outcome == "report" and report is not None:
         if report.ended:
@@ -159,7 +159,7 @@ def decide(
         )
     # Transient, throttled, rejected, auth or not-found-yet: try again later, never fail the job.
     if now >= deadline:
-        next_poll = now + timedelta(seconds=max(config.schedule.min_interval, 1.0))
+        next_poll = now + timedelta(seconds=max(config.backoff.min_interval, 1.0))
     # After the deadline adjustment, so IMS's Retry-After is honoured past the deadline too.
     if result.retry_after is not None:
         next_poll = max(next_poll, now + timedelta(seconds=result.retry_after))
@@ -273,7 +273,7 @@ class _Tick:
                 lease_until=moment + self.config.lease,
                 limit=self.config.batch_size,
             )
-            # A job this tick already polled can be due again at once (a short schedule, or
+            # A job this tick already polled can be due again at once (a short back-off, or
             # min = max = 0): hand it back unpolled and stop claiming, or the tick would poll
             # the same jobs over and over until its budget is spent. The next tick has them.
             fresh = [job for job in claimed if job.request_id not in self.taken]

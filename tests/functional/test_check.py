@@ -61,7 +61,7 @@ from wholeimage.ims.client import HttpImsClient
 from wholeimage.ims.job_report import parse_job_report
 from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
-from wholeimage.schedule import PollSchedule
+from wholeimage.poll_backoff import PollBackoff
 from wholeimage.settings import Settings
 from wholeimage.store.records import JobStore, PollUpdate
 from wholeimage.store.sqlite import SqliteJobStore
@@ -287,7 +287,7 @@ def test_a_failed_query_never_fails_the_job_before_its_deadline(
     assert update.process_percent == 0.1
     assert update.ended_at is None
     assert update.error_code is None
-    assert seconds_until_next_poll(update, after) >= CONFIG.schedule.min_interval
+    assert seconds_until_next_poll(update, after) >= CONFIG.backoff.min_interval
 
 
 @pytest.mark.parametrize("outcome", ["transient", "throttled"])
@@ -310,7 +310,7 @@ def test_between_the_deadline_and_the_unreachable_grace_a_failed_query_retries_s
     after = CONFIG.job_deadline + UNREACHABLE_GRACE - timedelta(seconds=1)
     update = decided(PollResult(outcome), after=after)
     assert update.status is JobStatus.RUNNING
-    assert seconds_until_next_poll(update, after) == CONFIG.schedule.min_interval
+    assert seconds_until_next_poll(update, after) == CONFIG.backoff.min_interval
 
 
 def test_past_the_deadline_retry_after_is_still_respected():
@@ -321,7 +321,7 @@ def test_past_the_deadline_retry_after_is_still_respected():
 
 
 def test_past_the_deadline_a_zero_schedule_still_waits_a_second():
-    config = CheckConfig(schedule=PollSchedule(0, 0))
+    config = CheckConfig(backoff=PollBackoff(0, 0))
     after = config.job_deadline + timedelta(minutes=1)
     update = decided(PollResult("transient"), after=after, config=config)
     assert seconds_until_next_poll(update, after) == 1
@@ -1076,7 +1076,7 @@ def test_the_time_budget_stops_claiming_and_hands_back_what_was_not_started(stor
 
 OVERLAP_JOBS = 300
 OVERLAP_CONFIG = CheckConfig(
-    schedule=PollSchedule(0, 0),
+    backoff=PollBackoff(0, 0),
     time_budget=WAIT_SECONDS,
     concurrency=8,
     batch_size=20,
