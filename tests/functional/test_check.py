@@ -1444,7 +1444,7 @@ def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_im
 
 
 def test_the_keep_alive_poll_client_maps_transport_failures_to_httpx_errors(ims):
-    from wholeimage.ims.client import StaticTokenAuth
+    from wholeimage.ims.auth import StaticTokenAuth
     from wholeimage.ims.poller import KeepAlivePollClient
 
     # Given a port nobody listens on, and an emulator that answers too slowly
@@ -1517,7 +1517,7 @@ class ScriptedServer:
 
 
 def query_through(server: ScriptedServer, count: int) -> list[int]:
-    from wholeimage.ims.client import StaticTokenAuth
+    from wholeimage.ims.auth import StaticTokenAuth
     from wholeimage.ims.poller import KeepAlivePollClient
 
     async def run() -> list[int]:

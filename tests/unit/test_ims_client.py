@@ -31,14 +31,12 @@ from wholeimage.errors import (
     WholeImageError,
 )
 from wholeimage.httputil import retry_after_seconds
+from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
 from wholeimage.ims.client import (
     CREATE_PATH,
     JSON_CONTENT_TYPE,
-    AkSkAuth,
     HttpImsClient,
-    IamPasswordAuth,
     RetryPolicy,
-    StaticTokenAuth,
     upstream_code_and_message,
 )
 from wholeimage.ims.signer import authorization_header, parse_authorization

@@ -18,13 +18,8 @@ import pytest
 from tests.fakes import make_settings
 from wholeimage.bootstrap import build_ims_client
 from wholeimage.errors import ConfigurationError
-from wholeimage.ims.client import (
-    AkSkAuth,
-    HttpImsClient,
-    IamPasswordAuth,
-    RetryPolicy,
-    StaticTokenAuth,
-)
+from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+from wholeimage.ims.client import HttpImsClient, RetryPolicy
 from wholeimage.ims.endpoints import Endpoints, resolve_endpoints
 from wholeimage.settings import DEFAULT_STATE_URL, get_settings, load_settings
 

@@ -15,14 +15,8 @@ import httpx
 
 from wholeimage.errors import ConfigurationError
 from wholeimage.httputil import USER_AGENT, shared_ssl_context
-from wholeimage.ims.client import (
-    AkSkAuth,
-    HttpImsClient,
-    IamPasswordAuth,
-    ImsClient,
-    RetryPolicy,
-    StaticTokenAuth,
-)
+from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+from wholeimage.ims.client import HttpImsClient, ImsClient, RetryPolicy
 from wholeimage.ims.endpoints import resolve_endpoints
 
 if TYPE_CHECKING:

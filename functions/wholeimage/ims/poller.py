@@ -33,14 +33,8 @@ import h11
 import httpx
 
 from wholeimage.httputil import USER_AGENT, RateLimiter, retry_after_seconds, shared_ssl_context
-from wholeimage.ims.client import (
-    FLOW_CONTROL_CODE,
-    AkSkAuth,
-    HeaderSigner,
-    IamPasswordAuth,
-    StaticTokenAuth,
-    upstream_code_and_message,
-)
+from wholeimage.ims.auth import AkSkAuth, HeaderSigner, IamPasswordAuth, StaticTokenAuth
+from wholeimage.ims.client import FLOW_CONTROL_CODE, upstream_code_and_message
 from wholeimage.ims.job_report import JobReport, parse_job_report
 
 if TYPE_CHECKING:
