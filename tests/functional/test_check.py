@@ -57,8 +57,10 @@ from wholeimage.check import (
 )
 from wholeimage.create import FIRST_POLL_DELAY, submit_create
 from wholeimage.httputil import RateLimiter
+from wholeimage.ims.auth import StaticTokenAuth
 from wholeimage.ims.client import HttpImsClient
 from wholeimage.ims.job_report import parse_job_report
+from wholeimage.ims.keepalive import KeepAlivePollClient
 from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.poll_backoff import PollBackoff
@@ -1444,9 +1446,6 @@ def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_im
 
 
 def test_the_keep_alive_poll_client_maps_transport_failures_to_httpx_errors(ims):
-    from wholeimage.ims.auth import StaticTokenAuth
-    from wholeimage.ims.poller import KeepAlivePollClient
-
     # Given a port nobody listens on, and an emulator that answers too slowly
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1517,9 +1516,6 @@ class ScriptedServer:
 
 
 def query_through(server: ScriptedServer, count: int) -> list[int]:
-    from wholeimage.ims.auth import StaticTokenAuth
-    from wholeimage.ims.poller import KeepAlivePollClient
-
     async def run() -> list[int]:
         listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
