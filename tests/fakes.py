@@ -23,7 +23,6 @@ class FakeImsClient:
 
     script: list[str | BaseException] = field(default_factory=list)
     submitted: list[dict[str, Any]] = field(default_factory=list)
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_submit: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -36,9 +35,6 @@ class FakeImsClient:
         if isinstance(step, BaseException):
             raise step
         return step
-
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.jobs[job_id]
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -57,3 +53,4 @@ def make_dependencies(
         store=SqliteJobStore(str(tmp_path / "state.db")),
         ims=ims or FakeImsClient(),
     )
+

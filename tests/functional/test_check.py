@@ -433,8 +433,13 @@ def test_a_200_job_answer_is_a_report_from_the_project_job_path():
 
 @pytest.mark.parametrize(
     "handler",
-    [answering(200, content=b"<html>gateway</html>"), answering(200, ["not", "an", "object"])],
-    ids=["not-json", "json-array"],
+    [
+        answering(200, content=b"<html>gateway</html>"),
+        answering(200, ["not", "an", "object"]),
+        answering(200, "SUCCESS"),
+        answering(200, content=b"null"),
+    ],
+    ids=["not-json", "json-array", "json-string", "json-null"],
 )
 def test_a_200_without_a_json_object_is_transient_never_a_report(handler: Handler):
     result, _ = poll_once(handler)

@@ -51,10 +51,6 @@ class ImsClient(Protocol):
         """Submit a full-ECS image request; return IMS's job id."""
         ...
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        """``GET /v1/{project_id}/jobs/{job_id}``: the job as IMS reports it."""
-        ...
-
 
 def upstream_code_and_message(response: httpx.Response) -> tuple[str | None, str | None]:
     """The error code and message in any of IMS's, APIG's and IAM's shapes (docs/ims-api.md §3)."""
@@ -119,13 +115,11 @@ class HttpImsClient:
         self,
         http: httpx.Client,
         *,
-        project_id: str,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._http = http
-        self._project_id = project_id
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -133,13 +127,7 @@ class HttpImsClient:
     def create_whole_image(self, body: dict[str, Any]) -> str:
         """See ``ImsClient.create_whole_image``."""
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        response = self._call(
-            "POST",
-            CREATE_PATH,
-            content=content,
-            headers={"Content-Type": JSON_CONTENT_TYPE},
-            idempotent=False,
-        )
+        response = self._post(CREATE_PATH, content)
         try:
             job_id = response.json()["job_id"]
         except (ValueError, KeyError, TypeError):
@@ -148,35 +136,13 @@ class HttpImsClient:
             raise UpstreamError("IMS accepted the request but its answer has no job_id")
         return job_id
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        """See ``ImsClient.get_job``."""
-        response = self._call("GET", f"/v1/{self._project_id}/jobs/{job_id}", idempotent=True)
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            raise UpstreamError(
-                "IMS answered the job query with something that is not a JSON object"
-            )
-        return payload
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        idempotent: bool,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    def _post(self, path: str, content: bytes) -> httpx.Response:
+        """POST with bounded retries of what IMS certainly did not accept."""
         waited = 0.0
         last: _Retryable | None = None
         for attempt in range(1, self._retry.max_attempts + 1):
             try:
-                return self._attempt(
-                    method, path, idempotent=idempotent, content=content, headers=headers
-                )
+                return self._attempt(path, content)
             except _Retryable as retryable:
                 last = retryable
             if attempt == self._retry.max_attempts:
@@ -202,31 +168,26 @@ class HttpImsClient:
             upstream=last.upstream,
         )
 
-    def _attempt(
-        self,
-        method: str,
-        path: str,
-        *,
-        idempotent: bool,
-        content: bytes | None,
-        headers: dict[str, str] | None,
-    ) -> httpx.Response:
+    def _attempt(self, path: str, content: bytes) -> httpx.Response:
         try:
-            response = self._http.request(method, path, content=content, headers=headers)
+            response = self._http.request(
+                "POST", path, content=content, headers={"Content-Type": JSON_CONTENT_TYPE}
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing reached IMS: always safe to try again.
             raise _Retryable(None, {"error": type(exc).__name__}) from exc
         except httpx.TransportError as exc:
-            if idempotent or not _failed_on(exc, path):
-                # Retrying is safe, or what failed was another request (IAM's token) first.
+            if not _failed_on(exc, path):
+                # What failed was another request (IAM's token) first: IMS never saw this one.
                 raise _Retryable(None, {"error": type(exc).__name__}) from exc
             raise UpstreamTimeoutError(
                 "IMS did not answer after the request was sent; it may have been accepted",
                 request_sent=True,
             ) from exc
-        return self._check(response, idempotent=idempotent)
+        return self._check(response)
 
-    def _check(self, response: httpx.Response, *, idempotent: bool) -> httpx.Response:
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        """The answer to the POST, or the error it means (see the module docstring)."""
         status = response.status_code
         if status == 200:
             return response
@@ -235,8 +196,6 @@ class HttpImsClient:
         if status in _RETRYABLE_STATUSES or code == FLOW_CONTROL_CODE:
             raise _Retryable(retry_after_seconds(response), upstream)
         if status == 504:
-            if idempotent:
-                raise _Retryable(retry_after_seconds(response), upstream)
             raise UpstreamTimeoutError(
                 "IMS's gateway timed out after the request was sent; it may have been accepted",
                 request_sent=True,

@@ -91,4 +91,4 @@ class ImsConnection:
         retry = RetryPolicy(
             max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget
         )
-        return HttpImsClient(self._sync_http(settings), project_id=self.project_id, retry=retry)
+        return HttpImsClient(self._sync_http(settings), retry=retry)
