@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from wholeimage.bootstrap import Dependencies
+from wholeimage.ims.client import ImsClient
+from wholeimage.ims.connection import ImsConnection
 from wholeimage.settings import Settings
 from wholeimage.store.sqlite import SqliteJobStore
 
@@ -54,3 +56,7 @@ def make_dependencies(
         ims=ims or FakeImsClient(),
     )
 
+
+def build_ims_client(settings: Settings) -> ImsClient:
+    """The ``HttpImsClient`` the settings make (endpoint, credentials), as ``create`` gets it."""
+    return ImsConnection.from_settings(settings).client(settings)

@@ -109,13 +109,6 @@ def open_store(state_url: str) -> JobStore:
     raise ConfigurationError("WHOLEIMAGE_STATE_URL must be sqlite:///path or postgresql://...")
 
 
-def build_ims_client(settings: Settings) -> ImsClient:
-    """An ``HttpImsClient`` for the configured endpoint and credentials."""
-    from wholeimage.ims.connection import ImsConnection
-
-    return ImsConnection.from_settings(settings).client(settings)
-
-
 _dependencies: Dependencies | None = None
 _dependencies_lock = threading.Lock()
 

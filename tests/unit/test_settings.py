@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes import make_settings
-from wholeimage.bootstrap import build_ims_client
+from tests.fakes import build_ims_client, make_settings
 from wholeimage.errors import ConfigurationError
 from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
 from wholeimage.ims.client import HttpImsClient, RetryPolicy
