@@ -10,8 +10,10 @@ The adapter is handed an ``httpx.Client`` whose auth signs each request or adds 
 - another 4xx with an ``IMG.`` code: ``ImsRejectedError`` carrying IMS's code and message;
 - anything else: ``UpstreamError``.
 
-A POST that timed out after it was sent (read timeout, connection lost, 504) may have been
-accepted: it raises ``UpstreamTimeoutError(request_sent=True)`` and is never resubmitted.
+A POST that never reached IMS (no connection, or the auth's IAM token request failed first) is
+retried like a 503. A POST that timed out after it was sent (read timeout, connection lost, 504)
+may have been accepted: it raises ``UpstreamTimeoutError(request_sent=True)`` and is never
+resubmitted.
 """
 
 from __future__ import annotations
