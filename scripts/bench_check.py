@@ -41,7 +41,7 @@ from wholeimage.bootstrap import Dependencies, open_store  # noqa: E402
 from wholeimage.check import CheckConfig, run_check_sync  # noqa: E402
 from wholeimage.ims.connection import ImsConnection  # noqa: E402
 from wholeimage.models import CreateImageRequest, Job, JobStatus  # noqa: E402
-from wholeimage.schedule import PollSchedule  # noqa: E402
+from wholeimage.poll_backoff import PollBackoff  # noqa: E402
 from wholeimage.service.ports import ims_client  # noqa: E402
 from wholeimage.service.tick import poller_for  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
@@ -148,7 +148,7 @@ def tick_in_child(ims_url: str, state_url: str, concurrency: int) -> dict[str, A
     """Run one tick in this process (the child) and report time and peak RSS."""
     store = open_store(state_url)
     deps = Dependencies(settings=settings_for(ims_url, state_url), store=store)
-    config = CheckConfig(schedule=PollSchedule(0, 0), concurrency=concurrency, time_budget=600)
+    config = CheckConfig(backoff=PollBackoff(0, 0), concurrency=concurrency, time_budget=600)
     started = time.perf_counter()
     cpu_before = time.process_time()
     summary = run_check_sync(store=store, poller=poller_for(deps), config=config)
@@ -202,7 +202,7 @@ def bench_fanout(jobs: int, latency_ms: float, concurrency: int) -> None:
 def median_tick(ims_url: str, state_url: str, runs: int) -> float:
     store = open_store(state_url)
     deps = Dependencies(settings=settings_for(ims_url, state_url), store=store)
-    config = CheckConfig(schedule=PollSchedule(0, 0), concurrency=64, time_budget=600)
+    config = CheckConfig(backoff=PollBackoff(0, 0), concurrency=64, time_budget=600)
     times = []
     for _ in range(runs):
         started = time.perf_counter()

@@ -62,8 +62,16 @@ def runtime_python() -> Path:
         print("building .venv-runtime from requirements.txt ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(RUNTIME_VENV)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            + ["-r", str(ROOT / "requirements.txt")],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(ROOT / "requirements.txt"),
+            ],
             check=True,
         )
         stamp.touch()

@@ -40,8 +40,8 @@ from wholeimage.notify import (  # noqa: E402
     notifications_for,
     outbox_for,
 )
+from wholeimage.poll_backoff import PollBackoff  # noqa: E402
 from wholeimage.results import Channel, JobResult  # noqa: E402
-from wholeimage.schedule import PollSchedule  # noqa: E402
 from wholeimage.service.ports import ims_client  # noqa: E402
 from wholeimage.service.tick import poller_for  # noqa: E402
 from wholeimage.settings import Settings  # noqa: E402
@@ -170,7 +170,7 @@ def bench_burst(jobs: int, min_gap: float = 1.0) -> None:
         tick = run_check_sync(
             store=store,
             poller=poller_for(deps),
-            config=CheckConfig(schedule=PollSchedule(0, 0), concurrency=32, time_budget=600),
+            config=CheckConfig(backoff=PollBackoff(0, 0), concurrency=32, time_budget=600),
             outbox=outbox_for([channel]),
         )
         clock = FakeClock()  # started after the tick, so every outbox row is due at once

@@ -25,7 +25,6 @@ class FakeImsClient:
 
     script: list[str | BaseException] = field(default_factory=list)
     submitted: list[dict[str, Any]] = field(default_factory=list)
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_submit: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -38,9 +37,6 @@ class FakeImsClient:
         if isinstance(step, BaseException):
             raise step
         return step
-
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.jobs[job_id]
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -62,5 +58,5 @@ def make_dependencies(
 
 
 def build_ims_client(settings: Settings) -> ImsClient:
-    """The ``HttpImsClient`` the settings configure, as ``create`` builds it (endpoint, credentials)."""
+    """The ``HttpImsClient`` the settings make (endpoint, credentials), as ``create`` gets it."""
     return ImsConnection.from_settings(settings).client(settings)

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from wholeimage.ims.poller import JobPoller, PollResult
 from wholeimage.models import ENDED, Job, JobStatus
-from wholeimage.schedule import PollSchedule
+from wholeimage.poll_backoff import PollBackoff
 from wholeimage.store.records import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
+    from wholeimage.ims.job_report import JobReport
+    from wholeimage.ims.poller import JobPoller, PollClient, PollResult
     from wholeimage.settings import Settings
 
 log = logging.getLogger("wholeimage.check")
@@ -48,7 +49,7 @@ TIMED_OUT_CODE = "WHOLEIMAGE.TIMED_OUT"
 class CheckConfig:
     """How one tick behaves."""
 
-    schedule: PollSchedule = field(default_factory=PollSchedule)
+    backoff: PollBackoff = field(default_factory=PollBackoff)
     job_deadline: timedelta = timedelta(hours=3)
     time_budget: float = 120.0  # seconds; Cloud Scheduler gives up on a call after 180 s
     concurrency: int = 16
@@ -60,7 +61,7 @@ def check_config_from_settings(settings: Settings) -> CheckConfig:
     """The tick's configuration from ``WHOLEIMAGE_POLL_*``, ``WHOLEIMAGE_JOB_DEADLINE`` etc."""
     budget = settings.check_time_budget
     return CheckConfig(
-        schedule=PollSchedule(settings.poll_min_interval, settings.poll_max_interval),
+        backoff=PollBackoff(settings.poll_min_interval, settings.poll_max_interval),
         job_deadline=timedelta(seconds=settings.job_deadline),
         time_budget=budget,
         concurrency=settings.check_concurrency,
@@ -106,39 +107,75 @@ def decide(
     """The pure decision: what one poll result does to one job."""
     submitted_at = job.submitted_at or job.created_at
     deadline = job.deadline_at or submitted_at + config.job_deadline
-    next_poll = config.schedule.next_poll_at(submitted_at=submitted_at, now=now, rng=rng)
-    report = result.report
-    if result.outcome == "report" and report is not None:
-        if report.ended:
-            return PollUpdate.end(
-                job,
-                status=report.status or JobStatus.FAIL,
-                at=now,
-                image_id=report.image_id,
-                process_percent=report.process_percent if report.status is JobStatus.FAIL else 1.0,
-                error_code=report.error_code if report.status is JobStatus.FAIL else None,
-                fail_reason=report.fail_reason if report.status is JobStatus.FAIL else None,
-            )
-        if now >= deadline:
-            return PollUpdate.end(
-                job,
-                status=JobStatus.TIMED_OUT,
-                at=now,
-                process_percent=report.process_percent,
-                error_code=TIMED_OUT_CODE,
-                fail_reason=(
-                    f"no verdict within {config.job_deadline}; IMS last said "
-                    f"{report.raw_status or 'nothing'}"
-                ),
-            )
-        return PollUpdate.progress(
+    next_poll = config.backoff.next_poll_at(submitted_at=submitted_at, now=now, rng=rng)
+    if result.outcome == "report" and result.report is not None:
+        return _after_report(
+            job, result.report, now=now, deadline=deadline, next_poll=next_poll, config=config
+        )
+    return _after_failed_query(
+        job,
+        result,
+        now=now,
+        submitted_at=submitted_at,
+        deadline=deadline,
+        next_poll=next_poll,
+        config=config,
+    )
+
+
+def _after_report(
+    job: Job,
+    report: JobReport,
+    *,
+    now: datetime,
+    deadline: datetime,
+    next_poll: datetime,
+    config: CheckConfig,
+) -> PollUpdate:
+    """IMS answered: its verdict ends the job, the deadline times it out, or it runs on."""
+    if report.ended:
+        return PollUpdate.end(
             job,
-            # An unknown or missing status is never an end; keep what we knew.
-            status=report.status or job.status,
+            status=report.status or JobStatus.FAIL,
+            at=now,
+            image_id=report.image_id,
+            process_percent=report.process_percent if report.status is JobStatus.FAIL else 1.0,
+            error_code=report.error_code if report.status is JobStatus.FAIL else None,
+            fail_reason=report.fail_reason if report.status is JobStatus.FAIL else None,
+        )
+    if now >= deadline:
+        return PollUpdate.end(
+            job,
+            status=JobStatus.TIMED_OUT,
             at=now,
             process_percent=report.process_percent,
-            next_poll_at=next_poll,
+            error_code=TIMED_OUT_CODE,
+            fail_reason=(
+                f"no verdict within {config.job_deadline}; IMS last said "
+                f"{report.raw_status or 'nothing'}"
+            ),
         )
+    return PollUpdate.progress(
+        job,
+        # An unknown or missing status is never an end; keep what we knew.
+        status=report.status or job.status,
+        at=now,
+        process_percent=report.process_percent,
+        next_poll_at=next_poll,
+    )
+
+
+def _after_failed_query(
+    job: Job,
+    result: PollResult,
+    *,
+    now: datetime,
+    submitted_at: datetime,
+    deadline: datetime,
+    next_poll: datetime,
+    config: CheckConfig,
+) -> PollUpdate:
+    """IMS gave no report: the job is lost, unreachable for too long, or polled again later."""
     if result.outcome == "not_found" and now - submitted_at >= NOT_FOUND_GRACE:
         return PollUpdate.end(
             job,
@@ -159,7 +196,7 @@ def decide(
         )
     # Transient, throttled, rejected, auth or not-found-yet: try again later, never fail the job.
     if now >= deadline:
-        next_poll = now + timedelta(seconds=max(config.schedule.min_interval, 1.0))
+        next_poll = now + timedelta(seconds=max(config.backoff.min_interval, 1.0))
     # After the deadline adjustment, so IMS's Retry-After is honoured past the deadline too.
     if result.retry_after is not None:
         next_poll = max(next_poll, now + timedelta(seconds=result.retry_after))
@@ -169,7 +206,7 @@ def decide(
 
 
 class _Tick:
-    """The state of one running tick: a claim loop feeding workers, updates flushed in batches."""
+    """One running tick: a claim loop feeding workers, updates flushed in batches."""
 
     def __init__(
         self,
@@ -178,24 +215,43 @@ class _Tick:
         poller: JobPoller,
         config: CheckConfig,
         now: Callable[[], datetime],
+        monotonic: Callable[[], float],
         rng: random.Random,
         summary: CheckSummary,
+        outbox: Outbox | None,
+        stop_claiming_at: float,
     ) -> None:
         self.store = store
         self.poller = poller
         self.config = config
         self.now = now
+        self.monotonic = monotonic
         self.rng = rng
         self.summary = summary
+        self.outbox = outbox
+        self.stop_claiming_at = stop_claiming_at
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self.updates: list[PollUpdate] = []
         self.abort = asyncio.Event()
-        self.outbox: Outbox | None = None
-        self.monotonic: Callable[[], float] = time.monotonic
-        self.stop_claiming_at = float("inf")
         self.taken: set[str] = set()  # request ids this tick has claimed: each is polled once
 
+    async def run(self) -> None:
+        """Claim and poll until the due jobs, the budget or an abort end it; record every update."""
+        workers = [
+            asyncio.create_task(self.worker()) for _ in range(max(1, self.config.concurrency))
+        ]
+        try:
+            await self.feed()
+            if self.summary.budget_exhausted or self.abort.is_set():
+                self.hand_back_unstarted()
+        finally:
+            for _ in workers:
+                self.queue.put_nowait(None)
+            await asyncio.gather(*workers, return_exceptions=True)
+            self.flush()
+
     async def worker(self) -> None:
+        """Poll queued jobs over one client until the end-of-work signal."""
         try:
             client = self.poller.new_client()
         except Exception as exc:  # e.g. IAM refused to issue a token: no query can be made
@@ -207,33 +263,35 @@ class _Tick:
                 if self.abort.is_set():
                     self.updates.append(PollUpdate.release(job, at=self.now()))
                     continue
-                try:
-                    result = await self.poller.query(
-                        client,
-                        job.ims_job_id or "",
-                        max_wait=self.stop_claiming_at - self.monotonic(),
-                    )
-                except Exception as exc:
-                    # A bug must not spin the tick: hand the job back, stop, and say why.
-                    log.exception("poll failed unexpectedly", extra={"request_id": job.request_id})
-                    self.updates.append(PollUpdate.release(job, at=self.now()))
-                    self.stop(f"unexpected error while polling: {type(exc).__name__}")
-                    continue
-                if result.outcome == "not_sent":
-                    # Throttled past this tick's budget: the next tick has it, due as before.
-                    self.updates.append(PollUpdate.release(job, at=self.now()))
-                    continue
-                self.summary.polled += 1
-                if result.outcome != "report":
-                    self.summary.errors[result.outcome] += 1
-                if result.outcome == "auth":
-                    # Every other query would fail the same way: stop, and say why.
-                    self.stop(f"IMS refused our credentials: {result.detail}")
-                self.updates.append(
-                    decide(job, result, now=self.now(), config=self.config, rng=self.rng)
-                )
+                await self.poll(client, job)
         finally:
             await client.aclose()
+
+    async def poll(self, client: PollClient, job: Job) -> None:
+        """Query one job once and queue what the answer does to it."""
+        try:
+            result = await self.poller.query(
+                client,
+                job.ims_job_id or "",
+                max_wait=self.stop_claiming_at - self.monotonic(),
+            )
+        except Exception as exc:
+            # A bug must not spin the tick: hand the job back, stop, and say why.
+            log.exception("poll failed unexpectedly", extra={"request_id": job.request_id})
+            self.updates.append(PollUpdate.release(job, at=self.now()))
+            self.stop(f"unexpected error while polling: {type(exc).__name__}")
+            return
+        if result.outcome == "not_sent":
+            # Throttled past this tick's budget: the next tick has it, due as before.
+            self.updates.append(PollUpdate.release(job, at=self.now()))
+            return
+        self.summary.polled += 1
+        if result.outcome != "report":
+            self.summary.errors[result.outcome] += 1
+        if result.outcome == "auth":
+            # Every other query would fail the same way: stop, and say why.
+            self.stop(f"IMS refused our credentials: {result.detail}")
+        self.updates.append(decide(job, result, now=self.now(), config=self.config, rng=self.rng))
 
     def stop(self, reason: str) -> None:
         """Abort the tick (first reason wins); unstarted jobs are handed back."""
@@ -247,6 +305,7 @@ class _Tick:
             self.updates.append(PollUpdate.release(job, at=self.now()))
 
     def flush(self) -> None:
+        """Record the queued updates, conditional on this tick's leases; count the ends."""
         if not self.updates:
             return
         batch, self.updates = self.updates, []
@@ -256,39 +315,41 @@ class _Tick:
             if update.status in ENDED:
                 self.summary.ended[update.status.value] += 1
 
-    async def feed(self, stop_claiming_at: float, monotonic: Callable[[], float]) -> None:
+    async def feed(self) -> None:
         """Claim due jobs while there are some and time is left; keep the queue short."""
         while not self.abort.is_set():
-            if monotonic() >= stop_claiming_at:
+            if self.monotonic() >= self.stop_claiming_at:
                 self.summary.budget_exhausted = True
                 return
             if self.queue.qsize() >= self.config.concurrency * 2:
                 self.flush()
                 await asyncio.sleep(0.005)
                 continue
-            moment = self.now()
-            claimed = self.store.claim_due(
-                now=moment,
-                owner=self.summary.owner,
-                lease_until=moment + self.config.lease,
-                limit=self.config.batch_size,
-            )
-            # A job this tick already polled can be due again at once (a short schedule, or
-            # min = max = 0): hand it back unpolled and stop claiming, or the tick would poll
-            # the same jobs over and over until its budget is spent. The next tick has them.
-            fresh = [job for job in claimed if job.request_id not in self.taken]
-            self.updates.extend(
-                PollUpdate.release(job, at=moment)
-                for job in claimed
-                if job.request_id in self.taken
-            )
-            self.flush()
-            self.taken.update(job.request_id for job in fresh)
-            for job in fresh:
-                self.queue.put_nowait(job)
-            if not fresh or len(fresh) < len(claimed):
+            if not self.claim_batch():
                 return
             await asyncio.sleep(0)
+
+    def claim_batch(self) -> bool:
+        """Claim one batch and queue its fresh jobs; False when nothing more is due for this tick."""
+        moment = self.now()
+        claimed = self.store.claim_due(
+            now=moment,
+            owner=self.summary.owner,
+            lease_until=moment + self.config.lease,
+            limit=self.config.batch_size,
+        )
+        # A job this tick already polled can be due again at once (a short back-off, or
+        # min = max = 0): hand it back unpolled and stop claiming, or the tick would poll
+        # the same jobs over and over until its budget is spent. The next tick has them.
+        fresh = [job for job in claimed if job.request_id not in self.taken]
+        self.updates.extend(
+            PollUpdate.release(job, at=moment) for job in claimed if job.request_id in self.taken
+        )
+        self.flush()
+        self.taken.update(job.request_id for job in fresh)
+        for job in fresh:
+            self.queue.put_nowait(job)
+        return bool(fresh) and len(fresh) == len(claimed)
 
     def hand_back_unstarted(self) -> None:
         """Release what was claimed but not started, so the next tick has it at once."""
@@ -314,27 +375,19 @@ async def run_check(
     ``outbox`` makes each recorded end write its notification rows in the same transaction.
     """
     summary = CheckSummary(owner=owner or f"check-{uuid.uuid4().hex[:12]}")
+    started = monotonic()
     tick = _Tick(
         store=store,
         poller=poller,
         config=config,
         now=now,
+        monotonic=monotonic,
         rng=rng or random.Random(),
         summary=summary,
+        outbox=outbox,
+        stop_claiming_at=started + config.time_budget,
     )
-    started = monotonic()
-    tick.monotonic, tick.stop_claiming_at = monotonic, started + config.time_budget
-    tick.outbox = outbox
-    workers = [asyncio.create_task(tick.worker()) for _ in range(max(1, config.concurrency))]
-    try:
-        await tick.feed(tick.stop_claiming_at, monotonic)
-        if summary.budget_exhausted or tick.abort.is_set():
-            tick.hand_back_unstarted()
-    finally:
-        for _ in workers:
-            tick.queue.put_nowait(None)
-        await asyncio.gather(*workers, return_exceptions=True)
-        tick.flush()
+    await tick.run()
     summary.still_outstanding = store.count_outstanding()
     summary.next_due_at = store.next_due_at()
     summary.duration_s = monotonic() - started

@@ -57,11 +57,13 @@ from wholeimage.check import (
 )
 from wholeimage.create import FIRST_POLL_DELAY, submit_create
 from wholeimage.httputil import RateLimiter
+from wholeimage.ims.auth import StaticTokenAuth
 from wholeimage.ims.client import HttpImsClient
 from wholeimage.ims.job_report import parse_job_report
+from wholeimage.ims.keepalive import KeepAlivePollClient
 from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
-from wholeimage.schedule import PollSchedule
+from wholeimage.poll_backoff import PollBackoff
 from wholeimage.service.ports import ims_client
 from wholeimage.service.tick import poller_for
 from wholeimage.settings import Settings
@@ -289,7 +291,7 @@ def test_a_failed_query_never_fails_the_job_before_its_deadline(
     assert update.process_percent == 0.1
     assert update.ended_at is None
     assert update.error_code is None
-    assert seconds_until_next_poll(update, after) >= CONFIG.schedule.min_interval
+    assert seconds_until_next_poll(update, after) >= CONFIG.backoff.min_interval
 
 
 @pytest.mark.parametrize("outcome", ["transient", "throttled"])
@@ -312,7 +314,7 @@ def test_between_the_deadline_and_the_unreachable_grace_a_failed_query_retries_s
     after = CONFIG.job_deadline + UNREACHABLE_GRACE - timedelta(seconds=1)
     update = decided(PollResult(outcome), after=after)
     assert update.status is JobStatus.RUNNING
-    assert seconds_until_next_poll(update, after) == CONFIG.schedule.min_interval
+    assert seconds_until_next_poll(update, after) == CONFIG.backoff.min_interval
 
 
 def test_past_the_deadline_retry_after_is_still_respected():
@@ -323,7 +325,7 @@ def test_past_the_deadline_retry_after_is_still_respected():
 
 
 def test_past_the_deadline_a_zero_schedule_still_waits_a_second():
-    config = CheckConfig(schedule=PollSchedule(0, 0))
+    config = CheckConfig(backoff=PollBackoff(0, 0))
     after = config.job_deadline + timedelta(minutes=1)
     update = decided(PollResult("transient"), after=after, config=config)
     assert seconds_until_next_poll(update, after) == 1
@@ -433,8 +435,13 @@ def test_a_200_job_answer_is_a_report_from_the_project_job_path():
 
 @pytest.mark.parametrize(
     "handler",
-    [answering(200, content=b"<html>gateway</html>"), answering(200, ["not", "an", "object"])],
-    ids=["not-json", "json-array"],
+    [
+        answering(200, content=b"<html>gateway</html>"),
+        answering(200, ["not", "an", "object"]),
+        answering(200, "SUCCESS"),
+        answering(200, content=b"null"),
+    ],
+    ids=["not-json", "json-array", "json-string", "json-null"],
 )
 def test_a_200_without_a_json_object_is_transient_never_a_report(handler: Handler):
     result, _ = poll_once(handler)
@@ -1078,7 +1085,7 @@ def test_the_time_budget_stops_claiming_and_hands_back_what_was_not_started(stor
 
 OVERLAP_JOBS = 300
 OVERLAP_CONFIG = CheckConfig(
-    schedule=PollSchedule(0, 0),
+    backoff=PollBackoff(0, 0),
     time_budget=WAIT_SECONDS,
     concurrency=8,
     batch_size=20,
@@ -1446,9 +1453,6 @@ def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_im
 
 
 def test_the_keep_alive_poll_client_maps_transport_failures_to_httpx_errors(ims):
-    from wholeimage.ims.client import StaticTokenAuth
-    from wholeimage.ims.poller import KeepAlivePollClient
-
     # Given a port nobody listens on, and an emulator that answers too slowly
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1519,9 +1523,6 @@ class ScriptedServer:
 
 
 def query_through(server: ScriptedServer, count: int) -> list[int]:
-    from wholeimage.ims.client import StaticTokenAuth
-    from wholeimage.ims.poller import KeepAlivePollClient
-
     async def run() -> list[int]:
         listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]

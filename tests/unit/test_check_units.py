@@ -1,4 +1,4 @@
-"""The poll schedule and the rate limiter, with a fixed jitter and a fake clock: no sleeping."""
+"""The poll back-off and the rate limiter, with a fixed jitter and a fake clock: no sleeping."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from wholeimage.create import FIRST_POLL_DELAY
 from wholeimage.httputil import RateLimiter
-from wholeimage.schedule import JITTER, PollSchedule
+from wholeimage.poll_backoff import JITTER, PollBackoff
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
 
@@ -31,74 +31,74 @@ LOWEST = FixedJitter(0.0)
 HIGHEST = FixedJitter(1.0)
 
 
-def interval(schedule: PollSchedule, age: float, rng: random.Random = NO_JITTER) -> float:
+def interval(backoff: PollBackoff, age: float, rng: random.Random = NO_JITTER) -> float:
     """Seconds until the next poll of a job ``age`` seconds old."""
     now = T0 + timedelta(seconds=age)
-    return (schedule.next_poll_at(submitted_at=T0, now=now, rng=rng) - now).total_seconds()
+    return (backoff.next_poll_at(submitted_at=T0, now=now, rng=rng) - now).total_seconds()
 
 
-# --- PollSchedule ------------------------------------------------------------------------------
+# --- PollBackoff -------------------------------------------------------------------------------
 
 
 def test_the_interval_grows_with_the_jobs_age():
-    schedule = PollSchedule()
-    intervals = [interval(schedule, age) for age in (0, 15, 30, 60, 120, 240, 299)]
+    backoff = PollBackoff()
+    intervals = [interval(backoff, age) for age in (0, 15, 30, 60, 120, 240, 299)]
     assert intervals == sorted(intervals)
     assert intervals == pytest.approx([15, 15, 30, 60, 120, 240, 299])
 
 
 def test_the_interval_is_held_at_the_minimum_for_a_young_job_and_at_the_maximum_for_an_old_one():
-    schedule = PollSchedule(min_interval=20, max_interval=120)
-    assert interval(schedule, 0) == pytest.approx(20)
-    assert interval(schedule, 5) == pytest.approx(20)
-    assert interval(schedule, 120) == pytest.approx(120)
-    assert interval(schedule, 3600) == pytest.approx(120)
-    assert interval(schedule, 10 * 24 * 3600) == pytest.approx(120)
+    backoff = PollBackoff(min_interval=20, max_interval=120)
+    assert interval(backoff, 0) == pytest.approx(20)
+    assert interval(backoff, 5) == pytest.approx(20)
+    assert interval(backoff, 120) == pytest.approx(120)
+    assert interval(backoff, 3600) == pytest.approx(120)
+    assert interval(backoff, 10 * 24 * 3600) == pytest.approx(120)
 
 
 def test_a_submission_time_in_the_future_counts_as_age_zero():
-    schedule = PollSchedule()
-    assert interval(schedule, -600) == pytest.approx(15)
+    backoff = PollBackoff()
+    assert interval(backoff, -600) == pytest.approx(15)
 
 
 @pytest.mark.parametrize("age", [0, 10, 15, 40, 100, 250, 300, 1000, 86400])
 def test_jitter_stays_within_ten_percent_and_never_below_the_minimum(age: float):
-    schedule = PollSchedule()
-    clamped = min(max(age, schedule.min_interval), schedule.max_interval)
-    lowest = max(clamped * (1 - JITTER), schedule.min_interval)
+    backoff = PollBackoff()
+    clamped = min(max(age, backoff.min_interval), backoff.max_interval)
+    lowest = max(clamped * (1 - JITTER), backoff.min_interval)
     highest = clamped * (1 + JITTER)
-    assert interval(schedule, age, LOWEST) == pytest.approx(lowest)
-    assert interval(schedule, age, HIGHEST) == pytest.approx(highest)
+    assert interval(backoff, age, LOWEST) == pytest.approx(lowest)
+    assert interval(backoff, age, HIGHEST) == pytest.approx(highest)
     for seed in range(200):
-        assert lowest - 1e-6 <= interval(schedule, age, random.Random(seed)) <= highest + 1e-6
+        assert lowest - 1e-6 <= interval(backoff, age, random.Random(seed)) <= highest + 1e-6
 
 
 def test_jitter_spreads_jobs_submitted_together():
-    schedule = PollSchedule()
+    backoff = PollBackoff()
     rng = random.Random(7)
-    spread = {round(interval(schedule, 100, rng), 3) for _ in range(50)}
+    spread = {round(interval(backoff, 100, rng), 3) for _ in range(50)}
     assert len(spread) > 40
     assert min(spread) < 95
     assert max(spread) > 105
 
 
 def test_zero_minimum_and_maximum_make_a_job_due_at_once_whatever_its_age():
-    schedule = PollSchedule(0, 0)
+    backoff = PollBackoff(0, 0)
     for age in (0, 10, 3600):
         now = T0 + timedelta(seconds=age)
-        assert schedule.next_poll_at(submitted_at=T0, now=now, rng=random.Random(age)) == now
+        assert backoff.next_poll_at(submitted_at=T0, now=now, rng=random.Random(age)) == now
 
 
 def test_equal_minimum_and_maximum_give_a_fixed_interval_with_upward_jitter_only():
-    schedule = PollSchedule(60, 60)
+    backoff = PollBackoff(60, 60)
     for age in (0, 60, 6000):
-        assert interval(schedule, age, NO_JITTER) == pytest.approx(60)
-        assert interval(schedule, age, LOWEST) == pytest.approx(60)
-        assert interval(schedule, age, HIGHEST) == pytest.approx(66)
+        assert interval(backoff, age, NO_JITTER) == pytest.approx(60)
+        assert interval(backoff, age, LOWEST) == pytest.approx(60)
+        assert interval(backoff, age, HIGHEST) == pytest.approx(66)
 
 
 def queries_until_the_end_is_seen(
-    schedule: PollSchedule, rng: random.Random, ends_after: timedelta
+    backoff: PollBackoff, rng: random.Random, ends_after: timedelta
 ) -> tuple[int, timedelta]:
     """Simulate polling one job from its first poll on; the count and how late the end is seen."""
     now = T0 + FIRST_POLL_DELAY
@@ -107,7 +107,7 @@ def queries_until_the_end_is_seen(
         queries += 1
         if now - T0 >= ends_after:
             return queries, now - T0 - ends_after
-        now = schedule.next_poll_at(submitted_at=T0, now=now, rng=rng)
+        now = backoff.next_poll_at(submitted_at=T0, now=now, rng=rng)
 
 
 @pytest.mark.parametrize(
@@ -118,12 +118,12 @@ def queries_until_the_end_is_seen(
 def test_a_thirty_minute_job_costs_at_most_a_dozen_queries_with_the_default_schedule(
     rng: random.Random,
 ):
-    schedule = PollSchedule()
-    assert (schedule.min_interval, schedule.max_interval) == (15.0, 300.0)
-    queries, late = queries_until_the_end_is_seen(schedule, rng, timedelta(minutes=30))
+    backoff = PollBackoff()
+    assert (backoff.min_interval, backoff.max_interval) == (15.0, 300.0)
+    queries, late = queries_until_the_end_is_seen(backoff, rng, timedelta(minutes=30))
     assert queries <= 12
     # And its end is seen within one maximum interval (plus jitter) of happening.
-    assert late <= timedelta(seconds=schedule.max_interval * (1 + JITTER))
+    assert late <= timedelta(seconds=backoff.max_interval * (1 + JITTER))
 
 
 # --- RateLimiter -------------------------------------------------------------------------------

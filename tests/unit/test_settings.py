@@ -17,13 +17,8 @@ import pytest
 
 from tests.fakes import build_ims_client, make_settings
 from wholeimage.errors import ConfigurationError
-from wholeimage.ims.client import (
-    AkSkAuth,
-    HttpImsClient,
-    IamPasswordAuth,
-    RetryPolicy,
-    StaticTokenAuth,
-)
+from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+from wholeimage.ims.client import HttpImsClient, RetryPolicy
 from wholeimage.ims.endpoints import Endpoints, resolve_endpoints
 from wholeimage.settings import DEFAULT_STATE_URL, get_settings, load_settings
 

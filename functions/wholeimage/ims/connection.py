@@ -15,14 +15,8 @@ import httpx
 
 from wholeimage.errors import ConfigurationError
 from wholeimage.httputil import USER_AGENT, shared_ssl_context
-from wholeimage.ims.client import (
-    AkSkAuth,
-    HttpImsClient,
-    IamPasswordAuth,
-    ImsClient,
-    RetryPolicy,
-    StaticTokenAuth,
-)
+from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+from wholeimage.ims.client import HttpImsClient, ImsClient, RetryPolicy
 from wholeimage.ims.endpoints import resolve_endpoints
 
 if TYPE_CHECKING:
@@ -97,4 +91,4 @@ class ImsConnection:
         retry = RetryPolicy(
             max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget
         )
-        return HttpImsClient(self._sync_http(settings), project_id=self.project_id, retry=retry)
+        return HttpImsClient(self._sync_http(settings), retry=retry)

@@ -1,9 +1,12 @@
-"""Reading IMS's answer to a job query (ims-api.md §2.1), defensively.
+"""Reading IMS's answer to a job query (docs/ims-api.md §2.1), defensively.
 
-IMS returns every field as a possibly-null string; times come as ISO 8601 with milliseconds and
-``Z`` (``2024-11-06T06:28:14.425Z``) or, in older deployments, ``04-Jun-2015 18:11:06:586``;
-``end_time`` is empty while a job runs. An unknown or missing status is *not* an end: it never
-counts as success.
+IMS returns every field as a possibly-null string. A report keeps what ``check`` acts on: the
+status, the image id, the progress and the error; IMS's ``begin_time`` and ``end_time`` are not
+kept (``end_time`` is empty while a job runs; the status alone says whether it ended). An unknown
+or missing status is *not* an end: it never counts as success.
+
+``parse_ims_time`` reads IMS's times in either format: ISO 8601 with milliseconds and ``Z``
+(``2024-11-06T06:28:14.425Z``) or, in older deployments, ``04-Jun-2015 18:11:06:586``.
 """
 
 from __future__ import annotations
@@ -89,8 +92,6 @@ class JobReport:
     process_percent: float | None
     error_code: str | None
     fail_reason: str | None
-    begin_time: datetime | None
-    end_time: datetime | None
 
     @property
     def ended(self) -> bool:
@@ -110,6 +111,4 @@ def parse_job_report(payload: dict[str, Any]) -> JobReport:
         process_percent=_percent(entities.get("process_percent")),
         error_code=_text(payload.get("error_code")),
         fail_reason=_text(payload.get("fail_reason")),
-        begin_time=parse_ims_time(payload.get("begin_time")),
-        end_time=parse_ims_time(payload.get("end_time")),
     )

@@ -1,4 +1,4 @@
-"""When to poll a job next: soon at first, then backing off with the job's age, up to a cap.
+"""How long to wait before polling a job again: soon at first, then backing off with its age.
 
 The next query comes after as long as the job has already run (its age), held between the
 minimum and maximum interval, with ±10 % jitter so jobs submitted together spread out. The
@@ -17,8 +17,8 @@ JITTER = 0.1
 
 
 @dataclass(frozen=True)
-class PollSchedule:
-    """The adaptive schedule; intervals in seconds."""
+class PollBackoff:
+    """The age-proportional back-off between two queries of one job; intervals in seconds."""
 
     min_interval: float = 15.0
     max_interval: float = 300.0
