@@ -33,7 +33,6 @@ from wholeimage.store.records import JobStore, Outbox, PollUpdate
 if TYPE_CHECKING:
     from wholeimage.ims.job_report import JobReport
     from wholeimage.ims.poller import JobPoller, PollClient, PollResult
-    from wholeimage.settings import Settings
 
 log = logging.getLogger("wholeimage.check")
 
@@ -55,19 +54,6 @@ class CheckConfig:
     concurrency: int = 16
     batch_size: int = 256
     lease: timedelta = timedelta(minutes=5)  # longer than the budget plus one IMS timeout
-
-
-def check_config_from_settings(settings: Settings) -> CheckConfig:
-    """The tick's configuration from ``WHOLEIMAGE_POLL_*``, ``WHOLEIMAGE_JOB_DEADLINE`` etc."""
-    budget = settings.check_time_budget
-    return CheckConfig(
-        backoff=PollBackoff(settings.poll_min_interval, settings.poll_max_interval),
-        job_deadline=timedelta(seconds=settings.job_deadline),
-        time_budget=budget,
-        concurrency=settings.check_concurrency,
-        # A lease outlives the budget plus one IMS timeout, so no live tick loses its jobs.
-        lease=timedelta(seconds=budget + settings.ims_timeout + 60),
-    )
 
 
 @dataclass

@@ -51,7 +51,6 @@ from wholeimage.check import (
     UNREACHABLE_GRACE,
     CheckConfig,
     CheckSummary,
-    check_config_from_settings,
     decide,
     run_check_sync,
 )
@@ -65,7 +64,7 @@ from wholeimage.ims.poller import JobPoller, PollOutcome, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.poll_backoff import PollBackoff
 from wholeimage.service.ports import ims_client
-from wholeimage.service.tick import poller_for
+from wholeimage.service.tick import check_config, poller_for
 from wholeimage.settings import Settings
 from wholeimage.store.records import JobStore, PollUpdate
 from wholeimage.store.sqlite import SqliteJobStore
@@ -678,7 +677,7 @@ def tick(
     return run_check_sync(
         store=deps.store,
         poller=poller_for(deps),
-        config=config or check_config_from_settings(deps.settings),
+        config=config or check_config(deps.settings),
         now=clock.now,
         **kwargs,
     )
@@ -835,7 +834,7 @@ def test_one_tick_queries_a_job_at_most_once_even_when_it_is_due_again_at_once(s
     with wired(settings, store) as deps:
         jobs = submit(deps, 20, now=clock.now)
         clock.advance(20)
-        config = replace(check_config_from_settings(settings), batch_size=4, time_budget=10)
+        config = replace(check_config(settings), batch_size=4, time_budget=10)
 
         summary = tick(deps, clock, config)
 
@@ -966,7 +965,7 @@ def test_a_poller_that_cannot_build_its_clients_aborts_the_tick_and_loses_nothin
         summary = run_check_sync(
             store=store,
             poller=broken,
-            config=check_config_from_settings(deps.settings),
+            config=check_config(deps.settings),
             now=clock.now,
         )
         assert summary.aborted is not None
@@ -1042,9 +1041,7 @@ def test_the_time_budget_stops_claiming_and_hands_back_what_was_not_started(stor
         clock.advance(20)
         ims.config.latency_ms = 50
         spy = SpyStore(store)
-        config = replace(
-            check_config_from_settings(settings), time_budget=0.2, concurrency=2, batch_size=8
-        )
+        config = replace(check_config(settings), time_budget=0.2, concurrency=2, batch_size=8)
 
         first = run_check_sync(store=spy, poller=poller_for(deps), config=config, now=clock.now)
 

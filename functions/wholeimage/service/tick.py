@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from wholeimage.bootstrap import Dependencies
-from wholeimage.check import CheckSummary, check_config_from_settings, run_check_sync
+from wholeimage.check import CheckConfig, CheckSummary, run_check_sync
 from wholeimage.ims.poller import JobPoller, job_poller
 from wholeimage.notify import NotifySummary, outbox_for
 from wholeimage.results import console_url
 from wholeimage.service.delivery import channels, deliver_now
 from wholeimage.service.ports import ims_connection
+from wholeimage.settings import Settings
 
 # The least budget inline delivery gets after a tick, even when the tick used up its own.
 MIN_NOTIFY_BUDGET = 5.0
+
+
+def check_config(settings: Settings) -> CheckConfig:
+    """The tick's configuration from ``WHOLEIMAGE_POLL_*``, ``WHOLEIMAGE_JOB_DEADLINE`` etc."""
+    budget = settings.check_time_budget
+    return CheckConfig(
+        backoff=PollBackoff(settings.poll_min_interval, settings.poll_max_interval),
+        job_deadline=timedelta(seconds=settings.job_deadline),
+        time_budget=budget,
+        concurrency=settings.check_concurrency,
+        # A lease outlives the budget plus one IMS timeout, so no live tick loses its jobs.
+        lease=timedelta(seconds=budget + settings.ims_timeout + 60),
+    )
 
 
 def poller_for(deps: Dependencies) -> JobPoller:
@@ -50,7 +65,7 @@ def tick(deps: Dependencies) -> TickReport:
     summary = run_check_sync(
         store=deps.store,
         poller=poller_for(deps),
-        config=check_config_from_settings(settings),
+        config=check_config(settings),
         outbox=outbox,
     )
     if not (configured and settings.notify_inline):
