@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from wholeimage.channels.targets import (
+from wholeimage.channels.text import (
     OutgoingMessage,
     RateLimit,
     Target,

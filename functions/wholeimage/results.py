@@ -1,6 +1,6 @@
 """What notification is about: one job's verdict (``JobResult``) and where it goes (``Channel``).
 
-Every chat payload is built from ``JobResult`` alone (``wholeimage.channels.targets``); channels come
+Every chat payload is built from ``JobResult`` alone (``wholeimage.channels.text``); channels come
 from configuration only, never from request content.
 """
 

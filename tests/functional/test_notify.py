@@ -44,7 +44,7 @@ from ims_emulator import EmulatorConfig, ImsEmulator
 from tests.functional.test_check import ANY_SKEW, Clock, settings_for, submit, tick, wired
 from wholeimage import results as verdicts
 from wholeimage.bootstrap import open_store
-from wholeimage.channels.targets import DIGEST_EVENT_TYPE, SlackTarget, target_for
+from wholeimage.channels.text import DIGEST_EVENT_TYPE, SlackTarget, target_for
 from wholeimage.errors import ConfigurationError
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.notify import (

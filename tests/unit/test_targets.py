@@ -25,7 +25,7 @@ from jsonschema import Draft6Validator
 from pydantic import SecretStr
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from wholeimage.channels.targets import (
+from wholeimage.channels.text import (
     TARGETS,
     OutgoingMessage,
     RateLimit,
