@@ -1,7 +1,7 @@
 """What notification is about: one job's verdict (``JobResult``) and where it goes (``Channel``).
 
-Every chat payload is built from ``JobResult`` alone (``wholeimage.channels.text``); channels come
-from configuration only, never from request content.
+Every chat payload is built from ``JobResult`` alone (``wholeimage.channels``); channels come from
+configuration only, never from request content.
 """
 
 from __future__ import annotations

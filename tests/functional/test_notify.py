@@ -44,7 +44,9 @@ from ims_emulator import EmulatorConfig, ImsEmulator
 from tests.functional.test_check import ANY_SKEW, Clock, settings_for, submit, tick, wired
 from wholeimage import results as verdicts
 from wholeimage.bootstrap import open_store
-from wholeimage.channels.text import DIGEST_EVENT_TYPE, SlackTarget, target_for
+from wholeimage.channels.registry import target_for
+from wholeimage.channels.slack import SlackTarget
+from wholeimage.channels.standard import DIGEST_EVENT_TYPE
 from wholeimage.errors import ConfigurationError
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.notify import (

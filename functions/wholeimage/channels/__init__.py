@@ -1,1 +1,20 @@
-"""Notification channels: one module per chat service over shared rendering, escaping and classification."""
+"""Notification channels: one module per service over shared rendering, escaping and classification.
+
+Where things are:
+
+- ``base``: the ``Target`` protocol and its types (``OutgoingMessage``, ``Delivery``,
+  ``RateLimit``);
+- ``text`` (what every message says), ``escape`` (each service's escaping), ``render``
+  (markup dialects, the JSON on the wire, the ``ChatTarget`` base), ``classify`` (reading an
+  answer), ``attachments`` (the payload Mattermost and Rocket.Chat share);
+- one module per service: ``slack``, ``teams``, ``discord``, ``googlechat``, ``mattermost``,
+  ``rocketchat``, ``feishu``, ``dingtalk``, ``wecom``, ``standard`` (Standard Webhooks);
+- ``registry``: ``CHANNEL_TARGETS`` and ``target_for``;
+- ``urls`` and ``sinks``: what a URL says (a retired Teams connector, a loggable stand-in) and
+  the local ``console:``/``file:`` channels, in the standard library only.
+
+Services import the shared modules; shared modules never import a service; only ``registry``
+imports them all. This file imports nothing, so that ``urls`` and ``sinks`` stay cheap.
+
+Service behaviour is described in ``docs/webhooks.md``.
+"""
