@@ -25,44 +25,18 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+# Only channel modules without third-party imports: the create function loads settings, and
+# must not load a chat service, httpx or the registry.
+from wholeimage.channels.formats import WHSEC_PREFIX, ChannelFormat
+from wholeimage.channels.sinks import is_local_sink
+from wholeimage.channels.urls import OFFICE_CONNECTOR_RETIRED, guess_format, is_office_connector
 from wholeimage.errors import ConfigurationError
 from wholeimage.results import Channel
 
 DEFAULT_STATE_URL = "sqlite:///wholeimage.db"
 
 
-ChannelFormat = Literal[
-    "slack",
-    "teams",
-    "discord",
-    "googlechat",
-    "mattermost",
-    "rocketchat",
-    "feishu",
-    "dingtalk",
-    "wecom",
-    "standard",
-]
-# Hosts that tell the format of a webhook URL given without WHOLEIMAGE_WEBHOOK_FORMAT.
-_FORMAT_BY_HOST = {
-    "hooks.slack.com": "slack",
-    "discord.com": "discord",
-    "discordapp.com": "discord",
-    "chat.googleapis.com": "googlechat",
-    "open.feishu.cn": "feishu",
-    "open.larksuite.com": "feishu",
-    "oapi.dingtalk.com": "dingtalk",
-    "qyapi.weixin.qq.com": "wecom",
-}
 _CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
-
-
-def guess_format(url: str) -> str:
-    """The format a webhook URL's host implies; ``standard`` when it implies none."""
-    host = urlsplit(url).hostname or ""
-    if host.endswith((".logic.azure.com", ".powerplatform.com", ".logic.azure.us")):
-        return "teams"
-    return _FORMAT_BY_HOST.get(host, "standard")
 
 
 class ChannelSetting(BaseModel):
@@ -88,7 +62,7 @@ def _verdicts(on: Sequence[str] | str) -> frozenset[str]:
 
 def _check_channel_url(name: str, url: str, variable: str) -> None:
     # Local sinks for development; otherwise HTTPS, with plain HTTP only to this machine.
-    if url.startswith(("console:", "file:")):
+    if is_local_sink(url):
         return
     parts = urlsplit(url)
     local = parts.hostname in ("127.0.0.1", "localhost", "::1")
@@ -96,14 +70,8 @@ def _check_channel_url(name: str, url: str, variable: str) -> None:
         raise ConfigurationError(
             f"{variable}: channel {name!r} needs an https:// URL (or console:, file:PATH)"
         )
-    host, path = parts.hostname or "", parts.path
-    if host.endswith(".webhook.office.com") or (
-        host == "outlook.office.com" and path.startswith("/webhook")
-    ):
-        raise ConfigurationError(
-            f"{variable}: channel {name!r} is an Office 365 connector URL, retired in 2026; create a "
-            "Teams Workflows webhook ('Send webhook alerts to a channel') and use its URL"
-        )
+    if is_office_connector(url):
+        raise ConfigurationError(f"{variable}: channel {name!r} is {OFFICE_CONNECTOR_RETIRED}")
 
 
 class Settings(BaseSettings):
@@ -265,7 +233,7 @@ class Settings(BaseSettings):
             )
         for channel in channels:
             if channel.format == "standard" and not (
-                channel.secret and channel.secret.get_secret_value().startswith("whsec_")
+                channel.secret and channel.secret.get_secret_value().startswith(WHSEC_PREFIX)
             ):
                 raise ConfigurationError(
                     f"channel {channel.name!r} (standard): set its secret (WHOLEIMAGE_WEBHOOK_SECRET or "

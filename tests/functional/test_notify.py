@@ -1542,6 +1542,8 @@ def test_a_url_that_is_not_https_is_refused(monkeypatch, url):
     [
         "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abc/def",
         "https://outlook.webhook.office.com/webhookb2/x",
+        "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abc/def",
+        "https://outlook.office365.com/webhook/1234@5678/IncomingWebhook/abc/def",
     ],
 )
 def test_an_office_365_connector_url_is_refused_with_a_migration_message(monkeypatch, url):

@@ -28,6 +28,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 import wholeimage.channels
 from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit
+from wholeimage.channels.formats import FORMATS as CHANNEL_FORMATS
 from wholeimage.channels.registry import CHANNEL_TARGETS, target_for
 from wholeimage.channels.standard import digest_id
 from wholeimage.channels.urls import redact_url
@@ -207,6 +208,11 @@ def answering(status: int, **response: Any) -> Callable[[httpx.Request], httpx.R
 
 
 # --- the registry -------------------------------------------------------------------------------
+
+
+def test_the_format_list_settings_read_is_the_registrys_list_of_targets():
+    # Settings validates formats from channels.formats without loading the services.
+    assert tuple(CHANNEL_TARGETS) == CHANNEL_FORMATS
 
 
 def test_shared_channel_modules_never_import_a_service_and_services_not_each_other():

@@ -10,11 +10,12 @@ Where things are:
 - one module per service: ``slack``, ``teams``, ``discord``, ``googlechat``, ``mattermost``,
   ``rocketchat``, ``feishu``, ``dingtalk``, ``wecom``, ``standard`` (Standard Webhooks);
 - ``registry``: ``CHANNEL_TARGETS`` and ``target_for``;
-- ``urls`` and ``sinks``: what a URL says (a retired Teams connector, a loggable stand-in) and
-  the local ``console:``/``file:`` channels, in the standard library only.
+- ``formats``, ``urls`` and ``sinks``: the format names, what a URL says (its format, a retired
+  Teams connector, a loggable stand-in) and the local ``console:``/``file:`` channels, in the
+  standard library only, so that settings can use them without loading any service.
 
 Services import the shared modules; shared modules never import a service; only ``registry``
-imports them all. This file imports nothing, so that ``urls`` and ``sinks`` stay cheap.
+imports them all. This file imports nothing, so that ``formats`` and ``urls`` stay cheap.
 
 Service behaviour is described in ``docs/webhooks.md``.
 """

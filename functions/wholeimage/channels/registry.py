@@ -1,7 +1,7 @@
 """Which target serves which channel format: ``CHANNEL_TARGETS`` and ``target_for``.
 
-A new service is one module with its target, one line here and its name in settings'
-``ChannelFormat``.
+A new service is one module with its target, one line here and its name in
+``formats.ChannelFormat`` (a unit test checks that the two agree).
 """
 
 from __future__ import annotations

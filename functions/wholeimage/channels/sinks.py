@@ -1,7 +1,8 @@
 """Local channels for development: ``console:`` prints each message, ``file:PATH`` appends it.
 
 A local channel gets the message exactly as its service would (the format's payload), and
-counts as delivered once written. Standard library only (``OutgoingMessage`` is only a type).
+counts as delivered once written. Standard library only, so that settings can tell a local
+channel from a webhook URL (``is_local_sink``) without loading the services.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from wholeimage.results import Channel
 
 if TYPE_CHECKING:
-    # Only a type here: at run time base would bring in httpx.
+    # Only a type here: at run time base would bring httpx into settings' imports.
     from wholeimage.channels.base import OutgoingMessage
 
 CONSOLE_SINK = "console:"

@@ -20,6 +20,7 @@ import httpx
 
 from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit
 from wholeimage.channels.classify import by_status, describe
+from wholeimage.channels.formats import WHSEC_PREFIX
 from wholeimage.channels.render import json_bytes, json_headers
 from wholeimage.channels.text import iso, latest, ordered, utc
 from wholeimage.results import Channel, JobResult
@@ -30,7 +31,6 @@ _EVENT_TYPES = {
     "TIMED_OUT": "wholeimage.job.timed_out",
 }
 DIGEST_EVENT_TYPE = "wholeimage.jobs.digest"
-_WHSEC = "whsec_"
 
 
 def _signing_key(channel: Channel) -> bytes:
@@ -38,11 +38,11 @@ def _signing_key(channel: Channel) -> bytes:
     secret = channel.secret.get_secret_value() if channel.secret is not None else ""
     if not secret:
         raise ValueError(f"channel {channel.name}: the standard format needs a secret (whsec_…)")
-    if not secret.startswith(_WHSEC):
+    if not secret.startswith(WHSEC_PREFIX):
         raise ValueError(
             f"channel {channel.name}: the secret must be a Standard Webhooks secret, whsec_<base64>"
         )
-    encoded = secret.removeprefix(_WHSEC)
+    encoded = secret.removeprefix(WHSEC_PREFIX)
     try:
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error:

@@ -1,6 +1,7 @@
-"""What a webhook URL says before anything is sent: a retired Teams connector, a log stand-in.
+"""What a webhook URL says before anything is sent: its format, a retired Teams connector, a log stand-in.
 
-Standard library only.
+Standard library only, like ``formats``: settings refuses at configuration time, with these same
+functions, what the targets would refuse at send time.
 """
 
 from __future__ import annotations
@@ -9,11 +10,35 @@ import hashlib
 import re
 from urllib.parse import urlsplit
 
+from wholeimage.channels.formats import ChannelFormat
+
+# Hosts that tell the format of a webhook URL given without a format.
+_FORMAT_BY_HOST: dict[str, ChannelFormat] = {
+    "hooks.slack.com": "slack",
+    "discord.com": "discord",
+    "discordapp.com": "discord",
+    "chat.googleapis.com": "googlechat",
+    "open.feishu.cn": "feishu",
+    "open.larksuite.com": "feishu",
+    "oapi.dingtalk.com": "dingtalk",
+    "qyapi.weixin.qq.com": "wecom",
+}
+# Teams Workflows (Power Automate) webhooks live under these host suffixes.
+_WORKFLOWS_HOST_SUFFIXES = (".logic.azure.com", ".powerplatform.com", ".logic.azure.us")
+
 OFFICE_CONNECTOR_RETIRED = (
     "an Office 365 connector webhook, which Microsoft retired in 2026; in the Teams channel add "
     "a Workflows webhook (Workflows → 'Send webhook alerts to a channel', trigger access "
     "'Anyone') and use its URL instead"
 )
+
+
+def guess_format(url: str) -> ChannelFormat:
+    """The format a webhook URL's host implies; ``standard`` when it implies none."""
+    host = urlsplit(url).hostname or ""
+    if host.endswith(_WORKFLOWS_HOST_SUFFIXES):
+        return "teams"
+    return _FORMAT_BY_HOST.get(host, "standard")
 
 
 def is_office_connector(url: str) -> bool:
