@@ -63,11 +63,6 @@ class JobResult:
             return None
         return max((self.ended_at - self.submitted_at).total_seconds(), 0.0)
 
-    @property
-    def succeeded(self) -> bool:
-        """True for ``SUCCESS``."""
-        return self.status == "SUCCESS"
-
     @classmethod
     def from_job(
         cls, job: Job, *, console: str | None = None, region: str | None = None
