@@ -15,7 +15,11 @@ Where things are:
   standard library only, so that settings can use them without loading any service.
 
 Services import the shared modules; shared modules never import a service; only ``registry``
-imports them all. This file imports nothing, so that ``formats`` and ``urls`` stay cheap.
+imports them all. This file imports nothing, so that ``formats``, ``urls`` and ``sinks`` stay
+cheap.
 
-Service behaviour is described in ``docs/webhooks.md``.
+A new service is a new module with its target (usually a ``render.ChatTarget``), one line in
+``registry``, its name in ``formats.ChannelFormat`` (a unit test checks that the two agree) and,
+when its webhook host is recognisable, that host in ``urls``. Service behaviour is described in
+``docs/webhooks.md``.
 """
