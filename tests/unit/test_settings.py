@@ -10,17 +10,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from tests.fakes import make_settings
 from wholeimage.bootstrap import build_ims_client
-from wholeimage.channels.registry import target_for
-from wholeimage.channels.urls import OFFICE_CONNECTOR_RETIRED
 from wholeimage.errors import ConfigurationError
 from wholeimage.ims.client import (
     AkSkAuth,
@@ -30,7 +26,6 @@ from wholeimage.ims.client import (
     StaticTokenAuth,
 )
 from wholeimage.ims.endpoints import Endpoints, resolve_endpoints
-from wholeimage.results import Channel
 from wholeimage.settings import DEFAULT_STATE_URL, get_settings, load_settings
 
 PROJECT_ID = "0123456789abcdef0123456789abcdef"
@@ -279,67 +274,6 @@ def test_secret_values_leaves_out_empty_secrets(monkeypatch: pytest.MonkeyPatch)
     set_env(monkeypatch, WHOLEIMAGE_API_TOKEN="", WHOLEIMAGE_AUTH_TOKEN=AUTH_TOKEN)
 
     assert load_settings().secret_values() == [AUTH_TOKEN]
-
-
-# ---------------------------------------------------------------------------------------------
-# Notification channels (the rest of their settings: tests/functional/test_notify.py, part 6)
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abc/def",
-        "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abc/def",
-        "https://outlook.office365.com/webhook/1234@5678/IncomingWebhook/abc/def",
-    ],
-)
-def test_settings_refuse_every_office_365_connector_form_as_the_teams_target_does(
-    monkeypatch: pytest.MonkeyPatch, url: str
-) -> None:
-    # Given a retired connector URL, in settings and (as an older configuration left it) a channel
-    set_env(monkeypatch, WHOLEIMAGE_WEBHOOK_URL=url, WHOLEIMAGE_WEBHOOK_FORMAT="teams")
-    channel = Channel(name="default", format="teams", url=SecretStr(url))
-
-    # When settings read it, and when the Teams target would send to it
-    with pytest.raises(ConfigurationError) as refused:
-        load_settings().notification_channels()
-    with pytest.raises(ValueError, match="Office 365 connector") as unsendable:
-        target_for("teams").render([], channel, datetime.now(UTC))  # the URL is checked first
-
-    # Then both refuse it with the same pointer to a Teams Workflows webhook, and never show it
-    assert OFFICE_CONNECTOR_RETIRED in refused.value.message
-    assert OFFICE_CONNECTOR_RETIRED in str(unsendable.value)
-    assert "Workflows" in OFFICE_CONNECTOR_RETIRED
-    assert "WHOLEIMAGE_WEBHOOK_URL" in refused.value.message
-    assert "IncomingWebhook/abc" not in refused.value.message
-    assert "IncomingWebhook/abc" not in str(unsendable.value)
-
-
-def test_settings_and_results_load_no_notification_service() -> None:
-    # The create function loads settings and results: the chat services are the notifier's.
-    program = (
-        "import sys\n"
-        "import wholeimage.results, wholeimage.settings\n"
-        "print(sorted(m for m in sys.modules if m.startswith('wholeimage.channels.')))\n"
-        "print('httpx' in sys.modules)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
-
-    finished = subprocess.run(
-        [sys.executable, "-c", program],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-    assert finished.returncode == 0, finished.stderr
-    loaded, httpx_loaded = finished.stdout.splitlines()
-    light = ["wholeimage.channels.formats", "wholeimage.channels.sinks", "wholeimage.channels.urls"]
-    assert loaded == repr(light)
-    assert httpx_loaded == "False"
 
 
 # ---------------------------------------------------------------------------------------------

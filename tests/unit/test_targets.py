@@ -12,7 +12,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -31,9 +34,10 @@ from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit
 from wholeimage.channels.formats import FORMATS as CHANNEL_FORMATS
 from wholeimage.channels.registry import CHANNEL_TARGETS, target_for
 from wholeimage.channels.standard import digest_id
-from wholeimage.channels.urls import redact_url
-from wholeimage.errors import RequestInvalidError
+from wholeimage.channels.urls import OFFICE_CONNECTOR_RETIRED, redact_url
+from wholeimage.errors import ConfigurationError, RequestInvalidError
 from wholeimage.results import Channel, JobResult, console_url, notification_key
+from wholeimage.settings import load_settings
 from wholeimage.validation import validate
 
 ADAPTIVE_CARD_SCHEMA = (
@@ -287,6 +291,65 @@ def test_an_outgoing_message_never_shows_its_url_in_its_repr():
 
     assert "xoxbSecretTokenAbCdEf123456" not in repr(message)
     assert redact_url(URLS["slack"]) in repr(message)
+
+
+# --- the rules settings share with the targets ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abc/def",
+        "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abc/def",
+        "https://outlook.office365.com/webhook/1234@5678/IncomingWebhook/abc/def",
+    ],
+)
+def test_settings_refuse_every_office_365_connector_form_with_the_teams_targets_pointer(
+    monkeypatch, url
+):
+    # Given a retired connector URL, in the settings and in a channel an older configuration left
+    monkeypatch.setenv("WHOLEIMAGE_WEBHOOK_URL", url)
+    monkeypatch.setenv("WHOLEIMAGE_WEBHOOK_FORMAT", "teams")
+
+    # When the settings are read, and when the Teams target would send to it
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings().notification_channels()
+    with pytest.raises(ValueError, match="Office 365 connector") as unsendable:
+        render("teams", [make_result()], url=SecretStr(url))
+
+    # Then both refuse it with the same pointer to a Teams Workflows webhook, and never show it
+    assert OFFICE_CONNECTOR_RETIRED in refused.value.message
+    assert OFFICE_CONNECTOR_RETIRED in str(unsendable.value)
+    assert "Workflows" in OFFICE_CONNECTOR_RETIRED
+    assert "WHOLEIMAGE_WEBHOOK_URL" in refused.value.message
+    assert "IncomingWebhook/abc" not in refused.value.message
+    assert "IncomingWebhook/abc" not in str(unsendable.value)
+
+
+def test_settings_and_results_load_no_service_module_and_no_httpx():
+    # The create function loads settings and results; the services are the notifier's.
+    program = (
+        "import sys\n"
+        "import wholeimage.results, wholeimage.settings\n"
+        "print(sorted(m for m in sys.modules if m.startswith('wholeimage.channels.')))\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(wholeimage.channels.__file__).parents[2])}
+
+    finished = subprocess.run(
+        [sys.executable, "-c", program],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    loaded, httpx_loaded = finished.stdout.splitlines()
+    light = ["wholeimage.channels.formats", "wholeimage.channels.sinks", "wholeimage.channels.urls"]
+    assert loaded == repr(light)
+    assert httpx_loaded == "False"
 
 
 # --- single results: what every message says ---------------------------------------------------
