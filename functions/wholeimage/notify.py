@@ -16,6 +16,9 @@ Chat webhooks have no idempotency keys: a process that dies after a service acce
 and before its row is settled leaves the row ``PENDING``, and it is sent again when the lease
 expires. That window (one HTTP exchange) is the only way a duplicate can happen; nothing is
 ever lost. Standard Webhooks receivers de-duplicate it by ``webhook-id``.
+
+A local channel (``console:`` or ``file:PATH``, ``wholeimage.channels.sinks``) gets the same
+message written out instead of POSTed, and counts as delivered once written.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import threading
 import time
 import uuid
@@ -32,28 +34,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from wholeimage.channels.targets import (
-    OutgoingMessage,
-    RateLimit,
-    Target,
-    Verdict,
-    digest_id,
-    redact_url,
-    target_for,
-)
+from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit, Target
+from wholeimage.channels.registry import target_for
+from wholeimage.channels.sinks import is_local_sink, write_to_sink
+from wholeimage.channels.standard import digest_id
+from wholeimage.channels.urls import redact_url
 from wholeimage.httputil import RateLimiter
 from wholeimage.results import Channel, JobResult
 from wholeimage.store.records import JobStore, Notification, Settlement
 
 log = logging.getLogger("wholeimage.notify")
-
-CONSOLE_SINK = "console:"
-FILE_SINK = "file:"
 
 
 @dataclass(frozen=True)
@@ -158,29 +152,6 @@ def _message_id(results: Sequence[JobResult]) -> str:
     return results[0].key if len(results) == 1 else digest_id(results)
 
 
-def write_to_sink(channel: Channel, message: OutgoingMessage) -> None:
-    """A local channel (``console:`` or ``file:PATH``) gets the message as the service would."""
-    url = channel.url.get_secret_value()
-    try:
-        body: Any = json.loads(message.body)
-    except ValueError:
-        body = message.body.decode("utf-8", errors="replace")
-    entry = {"channel": channel.name, "format": channel.format, "message": body}
-    if url.startswith(FILE_SINK):
-        path = Path(url.removeprefix(FILE_SINK).removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as sink:
-            sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(json.dumps(entry, ensure_ascii=False, indent=2) + "\n")
-        sys.stdout.flush()
-
-
-def is_local_sink(url: str) -> bool:
-    """``console:`` and ``file:`` channels are written locally, never sent."""
-    return url.startswith((CONSOLE_SINK, FILE_SINK))
-
-
 class _ChannelRun:
     """Delivering one channel's claimed rows within one run."""
 
@@ -213,15 +184,15 @@ class _ChannelRun:
                     self.run.settle([self.run.release(row) for row in rest])
                 self.run.summary.budget_exhausted = True
                 return
-            verdict = self._send(batch)
+            delivery = self._send(batch)
             # One retry time for the whole message, so its results come back together and go out
             # as one digest again, rather than trickling back one by one at jittered times.
-            delay = self.run.retry_delay(batch, verdict)
-            self.run.settle([self.run.settlement(row, verdict, delay) for row in batch])
-            if verdict.outcome == "retry" and verdict.retry_after:
+            delay = self.run.retry_delay(batch, delivery)
+            self.run.settle([self.run.settlement(row, delivery, delay) for row in batch])
+            if delivery.outcome == "retry" and delivery.retry_after:
                 # The service asked us to slow down: the rest waits with it.
                 for limiter in self.run.limiters.for_channel(self.channel.name, self.target.rate):
-                    limiter.pause(verdict.retry_after)
+                    limiter.pause(delivery.retry_after)
 
     def _wait_for_rate_limit(self) -> float | None:
         waited = 0.0
@@ -242,47 +213,55 @@ class _ChannelRun:
             self.run.sleep(delay)
             waited += delay
 
-    def _send(self, batch: list[Notification]) -> Verdict:
+    def _send(self, batch: list[Notification]) -> Delivery:
         results = [JobResult.from_json(json.loads(row.result_json)) for row in batch]
         try:
             message = self.target.render(results, self.channel, self.run.now())
         except ValueError as exc:  # the channel's configuration cannot produce a valid message
-            return Verdict("permanent", detail=f"cannot build the message: {exc}")
+            return Delivery("permanent", detail=f"cannot build the message: {exc}")
         summary = self.run.summary
         with self.run.lock:
             summary.messages[self.channel.name] += 1
             if len(results) > 1:
                 summary.digests += 1
+        delivery = self._transmit(message, len(results))
+        if delivery.outcome == "delivered":
+            # A digest's rows share one message id: they went out together.
+            return Delivery("delivered", detail=_message_id(results))
+        return delivery
+
+    def _transmit(self, message: OutgoingMessage, results: int) -> Delivery:
+        """Hand ``message`` over: written locally for a ``console:``/``file:`` channel, else POSTed."""
         if is_local_sink(self.channel.url.get_secret_value()):
             write_to_sink(self.channel, message)
-            return Verdict("delivered", detail=_message_id(results))
+            return Delivery("delivered", detail="written locally")
+        return self._post(message, results)
+
+    def _post(self, message: OutgoingMessage, results: int) -> Delivery:
         try:
             response = self.run.http.post(
                 message.url, content=message.body, headers=message.headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return Verdict("retry", detail=f"not sent: {type(exc).__name__}")
+            return Delivery("retry", detail=f"not sent: {type(exc).__name__}")
         except httpx.TransportError as exc:
             # Sent but unanswered: the service may have posted it. Retry (never lose it); the
             # duplicate risk is this one exchange (see the module docstring).
-            return Verdict("retry", detail=f"no answer: {type(exc).__name__}")
-        verdict = self.target.classify(response)
+            return Delivery("retry", detail=f"no answer: {type(exc).__name__}")
+        delivery = self.target.classify(response)
         log.log(
-            logging.INFO if verdict.outcome == "delivered" else logging.WARNING,
+            logging.INFO if delivery.outcome == "delivered" else logging.WARNING,
             "notification sent",
             extra={
                 "channel": self.channel.name,
                 "webhook": redact_url(message.url),
-                "outcome": verdict.outcome,
+                "outcome": delivery.outcome,
                 "status": response.status_code,
-                "detail": verdict.detail,
-                "results": len(results),
+                "detail": delivery.detail,
+                "results": results,
             },
         )
-        if verdict.outcome == "delivered":
-            # A digest's rows share one message id: they went out together.
-            return Verdict("delivered", detail=_message_id(results))
-        return verdict
+        return delivery
 
 
 class _Run:
@@ -322,27 +301,27 @@ class _Run:
             attempted=False,
         )
 
-    def retry_delay(self, batch: list[Notification], verdict: Verdict) -> float:
+    def retry_delay(self, batch: list[Notification], delivery: Delivery) -> float:
         """Seconds until a failed message is tried again: its Retry-After, or full-jitter backoff."""
         attempts = max(row.attempts for row in batch)
-        return max(verdict.retry_after or 0.0, self.config.backoff(attempts, self.rng))
+        return max(delivery.retry_after or 0.0, self.config.backoff(attempts, self.rng))
 
-    def settlement(self, row: Notification, verdict: Verdict, delay: float) -> Settlement:
+    def settlement(self, row: Notification, delivery: Delivery, delay: float) -> Settlement:
         at = self.now()
-        if verdict.outcome == "delivered":
-            return Settlement(row.notification_id, "DELIVERED", at, message_id=verdict.detail)
-        if verdict.outcome == "permanent":
-            return Settlement(row.notification_id, "DEAD", at, error=verdict.detail)
+        if delivery.outcome == "delivered":
+            return Settlement(row.notification_id, "DELIVERED", at, message_id=delivery.detail)
+        if delivery.outcome == "permanent":
+            return Settlement(row.notification_id, "DEAD", at, error=delivery.detail)
         next_attempt = at + timedelta(seconds=delay)
         if next_attempt - row.created_at > self.config.max_age:
             return Settlement(
                 row.notification_id,
                 "DEAD",
                 at,
-                error=f"undelivered after {self.config.max_age}: {verdict.detail}",
+                error=f"undelivered after {self.config.max_age}: {delivery.detail}",
             )
         return Settlement(
-            row.notification_id, "PENDING", at, next_attempt_at=next_attempt, error=verdict.detail
+            row.notification_id, "PENDING", at, next_attempt_at=next_attempt, error=delivery.detail
         )
 
     def settle(self, settlements: list[Settlement]) -> None:

@@ -1,7 +1,7 @@
 """What notification is about: one job's verdict (``JobResult``) and where it goes (``Channel``).
 
-Every chat payload is built from ``JobResult`` alone (``wholeimage.channels.targets``); channels come
-from configuration only, never from request content.
+Every chat payload is built from ``JobResult`` alone (``wholeimage.channels``); channels come from
+configuration only, never from request content.
 """
 
 from __future__ import annotations
@@ -62,11 +62,6 @@ class JobResult:
         if self.submitted_at is None:
             return None
         return max((self.ended_at - self.submitted_at).total_seconds(), 0.0)
-
-    @property
-    def succeeded(self) -> bool:
-        """True for ``SUCCESS``."""
-        return self.status == "SUCCESS"
 
     @classmethod
     def from_job(

@@ -8,7 +8,6 @@ naming the environment variable.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from functools import cache
 from typing import Literal
 from urllib.parse import urlsplit
@@ -25,44 +24,36 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+# Only channel modules without third-party imports: the create function loads settings, and
+# must not load a chat service, httpx or the registry.
+from wholeimage.channels.formats import WHSEC_PREFIX, ChannelFormat
+from wholeimage.channels.sinks import is_local_sink
+from wholeimage.channels.urls import OFFICE_CONNECTOR_RETIRED, guess_format, is_office_connector
 from wholeimage.errors import ConfigurationError
-from wholeimage.results import Channel
+from wholeimage.results import VERDICTS, Channel, Verdict
 
 DEFAULT_STATE_URL = "sqlite:///wholeimage.db"
 
-
-ChannelFormat = Literal[
-    "slack",
-    "teams",
-    "discord",
-    "googlechat",
-    "mattermost",
-    "rocketchat",
-    "feishu",
-    "dingtalk",
-    "wecom",
-    "standard",
-]
-# Hosts that tell the format of a webhook URL given without WHOLEIMAGE_WEBHOOK_FORMAT.
-_FORMAT_BY_HOST = {
-    "hooks.slack.com": "slack",
-    "discord.com": "discord",
-    "discordapp.com": "discord",
-    "chat.googleapis.com": "googlechat",
-    "open.feishu.cn": "feishu",
-    "open.larksuite.com": "feishu",
-    "oapi.dingtalk.com": "dingtalk",
-    "qyapi.weixin.qq.com": "wecom",
-}
 _CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+# The named filters of a channel's "on"; otherwise it lists verdicts.
+_NAMED_FILTERS: dict[str, frozenset[str]] = {
+    "all": frozenset(VERDICTS),
+    "failures": frozenset({"FAIL", "TIMED_OUT"}),
+}
 
 
-def guess_format(url: str) -> str:
-    """The format a webhook URL's host implies; ``standard`` when it implies none."""
-    host = urlsplit(url).hostname or ""
-    if host.endswith((".logic.azure.com", ".powerplatform.com", ".logic.azure.us")):
-        return "teams"
-    return _FORMAT_BY_HOST.get(host, "standard")
+def _check_channel_url(name: str, url: str, variable: str) -> None:
+    # Local sinks for development; otherwise HTTPS, with plain HTTP only to this machine.
+    if is_local_sink(url):
+        return
+    parts = urlsplit(url)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise ConfigurationError(
+            f"{variable}: channel {name!r} needs an https:// URL (or console:, file:PATH)"
+        )
+    if is_office_connector(url):
+        raise ConfigurationError(f"{variable}: channel {name!r} is {OFFICE_CONNECTOR_RETIRED}")
 
 
 class ChannelSetting(BaseModel):
@@ -74,36 +65,38 @@ class ChannelSetting(BaseModel):
     url: SecretStr
     format: ChannelFormat | None = None
     secret: SecretStr | None = None
-    on: list[Literal["SUCCESS", "FAIL", "TIMED_OUT"]] | Literal["all", "failures"] = "all"
+    on: list[Verdict] | Literal["all", "failures"] = "all"
     keyword: str | None = Field(default=None, max_length=64)
 
+    def to_channel(self) -> Channel:
+        """The channel this entry configures.
 
-def _verdicts(on: Sequence[str] | str) -> frozenset[str]:
-    if on == "all":
-        return frozenset({"SUCCESS", "FAIL", "TIMED_OUT"})
-    if on == "failures":
-        return frozenset({"FAIL", "TIMED_OUT"})
-    return frozenset(on)
-
-
-def _check_channel_url(name: str, url: str, variable: str) -> None:
-    # Local sinks for development; otherwise HTTPS, with plain HTTP only to this machine.
-    if url.startswith(("console:", "file:")):
-        return
-    parts = urlsplit(url)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and local):
-        raise ConfigurationError(
-            f"{variable}: channel {name!r} needs an https:// URL (or console:, file:PATH)"
+        Raises:
+            ConfigurationError: its URL is not acceptable.
+        """
+        url = self.url.get_secret_value()
+        _check_channel_url(self.name, url, "WHOLEIMAGE_CHANNELS")
+        return Channel(
+            name=self.name,
+            format=self.format or guess_format(url),
+            url=self.url,
+            secret=self.secret,
+            on=_NAMED_FILTERS[self.on] if isinstance(self.on, str) else frozenset(self.on),
+            keyword=self.keyword,
         )
-    host, path = parts.hostname or "", parts.path
-    if host.endswith(".webhook.office.com") or (
-        host == "outlook.office.com" and path.startswith("/webhook")
-    ):
+
+
+def _webhook_filter(value: str) -> frozenset[str]:
+    """``WHOLEIMAGE_WEBHOOK_ON``: ``all``, ``failures`` or a comma list of verdicts."""
+    value = value.strip()
+    if value in _NAMED_FILTERS:
+        return _NAMED_FILTERS[value]
+    verdicts = frozenset(part.strip() for part in value.split(","))
+    if not verdicts <= _NAMED_FILTERS["all"]:
         raise ConfigurationError(
-            f"{variable}: channel {name!r} is an Office 365 connector URL, retired in 2026; create a "
-            "Teams Workflows webhook ('Send webhook alerts to a channel') and use its URL"
+            "WHOLEIMAGE_WEBHOOK_ON must be all, failures, or a comma list of SUCCESS, FAIL, TIMED_OUT"
         )
+    return verdicts
 
 
 class Settings(BaseSettings):
@@ -217,47 +210,9 @@ class Settings(BaseSettings):
         Raises:
             ConfigurationError: a URL, a filter or a name is not acceptable.
         """
-        channels: list[Channel] = []
-        if self.webhook_url is not None and self.webhook_url.get_secret_value():
-            url = self.webhook_url.get_secret_value()
-            _check_channel_url("default", url, "WHOLEIMAGE_WEBHOOK_URL")
-            keyword = self.webhook_on.strip()
-            on = (
-                keyword
-                if keyword in ("all", "failures")
-                else [part.strip() for part in keyword.split(",")]
-            )
-            try:
-                verdicts = _verdicts(
-                    ChannelSetting.model_validate({"name": "default", "url": "x", "on": on}).on
-                )
-            except ValidationError:
-                raise ConfigurationError(
-                    "WHOLEIMAGE_WEBHOOK_ON must be all, failures, or a comma list of SUCCESS, FAIL, TIMED_OUT"
-                ) from None
-            channels.append(
-                Channel(
-                    name="default",
-                    format=self.webhook_format or guess_format(url),
-                    url=self.webhook_url,
-                    secret=self.webhook_secret,
-                    on=verdicts,
-                    keyword=self.webhook_keyword,
-                )
-            )
-        for setting in self.channels:
-            url = setting.url.get_secret_value()
-            _check_channel_url(setting.name, url, "WHOLEIMAGE_CHANNELS")
-            channels.append(
-                Channel(
-                    name=setting.name,
-                    format=setting.format or guess_format(url),
-                    url=setting.url,
-                    secret=setting.secret,
-                    on=_verdicts(setting.on),
-                    keyword=setting.keyword,
-                )
-            )
+        default = self._default_channel()
+        channels = [default] if default is not None else []
+        channels += [setting.to_channel() for setting in self.channels]
         names = [channel.name for channel in channels]
         if len(set(names)) != len(names):
             raise ConfigurationError(
@@ -265,13 +220,28 @@ class Settings(BaseSettings):
             )
         for channel in channels:
             if channel.format == "standard" and not (
-                channel.secret and channel.secret.get_secret_value().startswith("whsec_")
+                channel.secret and channel.secret.get_secret_value().startswith(WHSEC_PREFIX)
             ):
                 raise ConfigurationError(
                     f"channel {channel.name!r} (standard): set its secret (WHOLEIMAGE_WEBHOOK_SECRET or "
                     '"secret" in WHOLEIMAGE_CHANNELS) to a whsec_... key'
                 )
         return channels
+
+    def _default_channel(self) -> Channel | None:
+        """The ``default`` channel of ``WHOLEIMAGE_WEBHOOK_*``; None without a webhook URL."""
+        if self.webhook_url is None or not self.webhook_url.get_secret_value():
+            return None
+        url = self.webhook_url.get_secret_value()
+        _check_channel_url("default", url, "WHOLEIMAGE_WEBHOOK_URL")
+        return Channel(
+            name="default",
+            format=self.webhook_format or guess_format(url),
+            url=self.webhook_url,
+            secret=self.webhook_secret,
+            on=_webhook_filter(self.webhook_on),
+            keyword=self.webhook_keyword,
+        )
 
 
 def _field_named(loc: str) -> str | None:

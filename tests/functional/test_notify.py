@@ -44,7 +44,9 @@ from ims_emulator import EmulatorConfig, ImsEmulator
 from tests.functional.test_check import ANY_SKEW, Clock, settings_for, submit, tick, wired
 from wholeimage import results as verdicts
 from wholeimage.bootstrap import open_store
-from wholeimage.channels.targets import DIGEST_EVENT_TYPE, SlackTarget, target_for
+from wholeimage.channels.registry import target_for
+from wholeimage.channels.slack import SlackTarget
+from wholeimage.channels.standard import DIGEST_EVENT_TYPE
 from wholeimage.errors import ConfigurationError
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.notify import (
@@ -1540,6 +1542,8 @@ def test_a_url_that_is_not_https_is_refused(monkeypatch, url):
     [
         "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abc/def",
         "https://outlook.webhook.office.com/webhookb2/x",
+        "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abc/def",
+        "https://outlook.office365.com/webhook/1234@5678/IncomingWebhook/abc/def",
     ],
 )
 def test_an_office_365_connector_url_is_refused_with_a_migration_message(monkeypatch, url):

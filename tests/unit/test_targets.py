@@ -2,16 +2,20 @@
 
 Answers are driven through ``httpx.MockTransport``: the rendered message is really sent (URL,
 headers, bytes) and the service's answer is classified. Example URLs have the shapes of
-webhooks.md, with made-up credentials.
+docs/webhooks.md, with made-up credentials.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import hmac
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -25,17 +29,15 @@ from jsonschema import Draft6Validator
 from pydantic import SecretStr
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from wholeimage.channels.targets import (
-    TARGETS,
-    OutgoingMessage,
-    RateLimit,
-    Verdict,
-    digest_id,
-    redact_url,
-    target_for,
-)
-from wholeimage.errors import RequestInvalidError
+import wholeimage.channels
+from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit
+from wholeimage.channels.formats import FORMATS as CHANNEL_FORMATS
+from wholeimage.channels.registry import CHANNEL_TARGETS, target_for
+from wholeimage.channels.standard import digest_id
+from wholeimage.channels.urls import OFFICE_CONNECTOR_RETIRED, redact_url
+from wholeimage.errors import ConfigurationError, RequestInvalidError
 from wholeimage.results import Channel, JobResult, console_url, notification_key
+from wholeimage.settings import load_settings
 from wholeimage.validation import validate
 
 ADAPTIVE_CARD_SCHEMA = (
@@ -83,7 +85,7 @@ URLS = {
     "wecom": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7c2e-4b5d-9a8f-1e2d3c4b5a69",
     "standard": "https://hooks.example.com/wholeimage/acme7Hq2Lx9Pz4Ty8?tenant=acme-Kp3Lq8Wz",
 }
-# The credential parts of each URL: none may reach a log line or a verdict detail.
+# The credential parts of each URL: none may reach a log line or a delivery detail.
 URL_SECRETS = {
     "slack": ["T024BE7LD", "B08QZ1KJ2MN", "xoxbSecretTokenAbCdEf123456"],
     "teams": ["5a4b3c2d1e0f4a9b8c7d6e5f4a3b2c1d", "Qx7vN2mK9pL4rT8wZ1yB3cD5eF6gH0jA2sUiOp9KlMn"],
@@ -160,7 +162,7 @@ def make_channel(format: str, **changes: Any) -> Channel:
 def render(
     format: str, results: list[JobResult], now: datetime = NOW, **channel: Any
 ) -> OutgoingMessage:
-    return TARGETS[format].render(results, make_channel(format, **channel), now)
+    return CHANNEL_TARGETS[format].render(results, make_channel(format, **channel), now)
 
 
 def body_of(message: OutgoingMessage) -> Any:
@@ -192,7 +194,7 @@ def card_of(body: dict[str, Any]) -> dict[str, Any]:
 
 def send(
     format: str, message: OutgoingMessage, answer: Callable[[httpx.Request], httpx.Response]
-) -> tuple[Verdict, httpx.Request]:
+) -> tuple[Delivery, httpx.Request]:
     """POST ``message`` as the delivery loop would, to a service answering with ``answer``."""
     seen: list[httpx.Request] = []
 
@@ -202,7 +204,7 @@ def send(
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         response = client.post(message.url, content=message.body, headers=message.headers)
-    return TARGETS[format].classify(response), seen[0]
+    return CHANNEL_TARGETS[format].classify(response), seen[0]
 
 
 def answering(status: int, **response: Any) -> Callable[[httpx.Request], httpx.Response]:
@@ -212,9 +214,29 @@ def answering(status: int, **response: Any) -> Callable[[httpx.Request], httpx.R
 # --- the registry -------------------------------------------------------------------------------
 
 
+def test_the_format_list_settings_read_is_the_registrys_list_of_targets():
+    # Settings validates formats from channels.formats without loading the services.
+    assert tuple(CHANNEL_TARGETS) == CHANNEL_FORMATS
+
+
+def test_shared_channel_modules_never_import_a_service_and_services_not_each_other():
+    package = Path(wholeimage.channels.__file__).parent
+    services = {type(target).__module__.rsplit(".", 1)[-1] for target in CHANNEL_TARGETS.values()}
+    for module in package.glob("*.py"):
+        imported = {
+            node.module.rsplit(".", 1)[-1]
+            for node in ast.walk(ast.parse(module.read_text("utf-8")))
+            if isinstance(node, ast.ImportFrom)
+            and node.module is not None
+            and node.module.startswith("wholeimage.channels.")
+        }
+        if module.stem != "registry":
+            assert not imported & services, f"{module.name} imports {imported & services}"
+
+
 def test_every_format_has_a_target_serving_it():
-    assert sorted(TARGETS) == sorted(FORMATS)
-    for format, target in TARGETS.items():
+    assert sorted(CHANNEL_TARGETS) == sorted(FORMATS)
+    for format, target in CHANNEL_TARGETS.items():
         assert target.format == format
         assert target_for(format) is target
 
@@ -243,7 +265,7 @@ def test_an_unknown_format_is_refused_naming_the_allowed_ones():
     ],
 )
 def test_each_target_states_the_services_documented_rate_limit(format, rate):
-    assert TARGETS[format].rate == rate
+    assert CHANNEL_TARGETS[format].rate == rate
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -269,6 +291,65 @@ def test_an_outgoing_message_never_shows_its_url_in_its_repr():
 
     assert "xoxbSecretTokenAbCdEf123456" not in repr(message)
     assert redact_url(URLS["slack"]) in repr(message)
+
+
+# --- the rules settings share with the targets ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abc/def",
+        "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abc/def",
+        "https://outlook.office365.com/webhook/1234@5678/IncomingWebhook/abc/def",
+    ],
+)
+def test_settings_refuse_every_office_365_connector_form_with_the_teams_targets_pointer(
+    monkeypatch, url
+):
+    # Given a retired connector URL, in the settings and in a channel an older configuration left
+    monkeypatch.setenv("WHOLEIMAGE_WEBHOOK_URL", url)
+    monkeypatch.setenv("WHOLEIMAGE_WEBHOOK_FORMAT", "teams")
+
+    # When the settings are read, and when the Teams target would send to it
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings().notification_channels()
+    with pytest.raises(ValueError, match="Office 365 connector") as unsendable:
+        render("teams", [make_result()], url=SecretStr(url))
+
+    # Then both refuse it with the same pointer to a Teams Workflows webhook, and never show it
+    assert OFFICE_CONNECTOR_RETIRED in refused.value.message
+    assert OFFICE_CONNECTOR_RETIRED in str(unsendable.value)
+    assert "Workflows" in OFFICE_CONNECTOR_RETIRED
+    assert "WHOLEIMAGE_WEBHOOK_URL" in refused.value.message
+    assert "IncomingWebhook/abc" not in refused.value.message
+    assert "IncomingWebhook/abc" not in str(unsendable.value)
+
+
+def test_settings_and_results_load_no_service_module_and_no_httpx():
+    # The create function loads settings and results; the services are the notifier's.
+    program = (
+        "import sys\n"
+        "import wholeimage.results, wholeimage.settings\n"
+        "print(sorted(m for m in sys.modules if m.startswith('wholeimage.channels.')))\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(wholeimage.channels.__file__).parents[2])}
+
+    finished = subprocess.run(
+        [sys.executable, "-c", program],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    loaded, httpx_loaded = finished.stdout.splitlines()
+    light = ["wholeimage.channels.formats", "wholeimage.channels.sinks", "wholeimage.channels.urls"]
+    assert loaded == repr(light)
+    assert httpx_loaded == "False"
 
 
 # --- single results: what every message says ---------------------------------------------------
@@ -652,7 +733,7 @@ def test_dingtalk_signs_in_the_query_encoded_once_and_keeps_the_access_token():
     message = render("dingtalk", [make_result()], secret=SecretStr(DINGTALK_SECRET))
 
     # When the message is sent
-    verdict, request = send(
+    delivery, request = send(
         "dingtalk", message, answering(200, json={"errcode": 0, "errmsg": "ok"})
     )
 
@@ -671,7 +752,7 @@ def test_dingtalk_signs_in_the_query_encoded_once_and_keeps_the_access_token():
     assert "%25" not in message.url
     assert request.url.params["sign"] == sign
     assert request.url.params["access_token"] == URL_SECRETS["dingtalk"][0]
-    assert verdict.outcome == "delivered"
+    assert delivery.outcome == "delivered"
 
 
 def test_dingtalk_without_a_secret_posts_to_the_url_as_configured():
@@ -876,6 +957,7 @@ def test_the_teams_card_is_a_valid_adaptive_card_1_5(adaptive_card_validator, re
     [
         "https://contoso.webhook.office.com/webhookb2/1a2b3c4d@5e6f7a8b/IncomingWebhook/0123456789abcdef/9f8e7d6c",
         "https://outlook.office.com/webhook/1a2b3c4d@5e6f7a8b/IncomingWebhook/0123456789abcdef/9f8e7d6c",
+        "https://outlook.office365.com/webhook/1a2b3c4d@5e6f7a8b/IncomingWebhook/0123456789abcdef/9f8e7d6c",
     ],
 )
 def test_teams_refuses_a_retired_office_365_connector_url_with_a_migration_hint(url):
@@ -1001,7 +1083,7 @@ def omitted_count(text: str) -> int:
 def test_a_digest_of_digest_limit_results_lists_every_job_within_the_size_limits(
     format, name_length
 ):
-    results = many_results(TARGETS[format].digest_limit, name_length=name_length)
+    results = many_results(CHANNEL_TARGETS[format].digest_limit, name_length=name_length)
 
     message = render(format, results)
 
@@ -1032,7 +1114,7 @@ def test_a_digest_of_250_results_stays_within_the_limits_and_counts_what_it_leav
 def test_a_digest_of_cjk_names_counts_bytes_not_characters(format):
     results = [
         make_result("SUCCESS", request_id=f"{i:032x}", image_name=f"{i:03d}" + "镜像" * 40)
-        for i in range(TARGETS[format].digest_limit * 2)
+        for i in range(CHANNEL_TARGETS[format].digest_limit * 2)
     ]
 
     message = render(format, results)
@@ -1335,11 +1417,11 @@ def test_each_answer_of_each_service_is_classified(
 ):
     message = render(format, [make_result("FAIL")])
 
-    verdict, _ = send(format, message, answering(status, headers=headers, **content))
+    delivery, _ = send(format, message, answering(status, headers=headers, **content))
 
-    assert verdict.outcome == outcome
-    assert verdict.retry_after == retry_after
-    assert verdict.detail
+    assert delivery.outcome == outcome
+    assert delivery.retry_after == retry_after
+    assert delivery.detail
 
 
 @pytest.mark.parametrize(
@@ -1351,48 +1433,48 @@ def test_http_200_with_a_non_zero_code_is_never_delivered_and_the_detail_names_t
 ):
     field = "code" if format == "feishu" else "errcode"
 
-    verdict, _ = send(
+    delivery, _ = send(
         format,
         render(format, [make_result()]),
         answering(200, json={field: code, "errmsg": "no", "msg": "no"}),
     )
 
-    assert verdict.outcome != "delivered"
-    assert str(code) in verdict.detail
+    assert delivery.outcome != "delivered"
+    assert str(code) in delivery.detail
 
 
 def test_a_retry_after_given_as_an_http_date_becomes_seconds_from_now():
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
 
-    verdict, _ = send(
+    delivery, _ = send(
         "teams", render("teams", [make_result()]), answering(429, headers={"Retry-After": later})
     )
 
-    assert verdict.outcome == "retry"
-    assert verdict.retry_after is not None
-    assert 100 < verdict.retry_after <= 120
+    assert delivery.outcome == "retry"
+    assert delivery.retry_after is not None
+    assert 100 < delivery.retry_after <= 120
 
 
 @pytest.mark.parametrize("value", ["soon", "-5", "nan"])
 def test_a_retry_after_that_is_not_a_time_is_ignored_or_floored(value):
-    verdict, _ = send(
+    delivery, _ = send(
         "slack", render("slack", [make_result()]), answering(429, headers={"Retry-After": value})
     )
 
-    assert verdict.outcome == "retry"
-    assert verdict.retry_after in (None, 0.0)
+    assert delivery.outcome == "retry"
+    assert delivery.retry_after in (None, 0.0)
 
 
 def test_a_response_without_a_request_is_still_classified():
-    verdict = TARGETS["slack"].classify(httpx.Response(404, text="no_service"))
+    delivery = CHANNEL_TARGETS["slack"].classify(httpx.Response(404, text="no_service"))
 
-    assert verdict.outcome == "permanent"
-    assert "no_service" in verdict.detail
+    assert delivery.outcome == "permanent"
+    assert "no_service" in delivery.detail
 
 
 @pytest.mark.parametrize("status", [200, 400, 404, 429, 500])
 @pytest.mark.parametrize("format", FORMATS)
-def test_no_verdict_detail_contains_the_url_or_its_secrets_even_when_the_service_echoes_them(
+def test_no_delivery_detail_contains_the_url_or_its_secrets_even_when_the_service_echoes_them(
     format, status
 ):
     message = render(
@@ -1417,21 +1499,21 @@ def test_no_verdict_detail_contains_the_url_or_its_secrets_even_when_the_service
             },
         )
 
-    verdict, request = send(format, message, echo)
+    delivery, request = send(format, message, echo)
 
-    assert str(request.url) not in verdict.detail
-    assert URLS[format] not in verdict.detail
+    assert str(request.url) not in delivery.detail
+    assert URLS[format] not in delivery.detail
     for secret in URL_SECRETS[format]:
-        assert secret not in verdict.detail
-    assert DINGTALK_SECRET not in verdict.detail
+        assert secret not in delivery.detail
+    assert DINGTALK_SECRET not in delivery.detail
 
 
 @pytest.mark.parametrize("format", FORMATS)
 def test_a_long_answer_is_cut_to_a_short_detail(format):
-    verdict, _ = send(format, render(format, [make_result()]), answering(400, text="x" * 5000))
+    delivery, _ = send(format, render(format, [make_result()]), answering(400, text="x" * 5000))
 
-    assert verdict.outcome == "permanent"
-    assert len(verdict.detail) <= 320
+    assert delivery.outcome == "permanent"
+    assert len(delivery.detail) <= 320
 
 
 # --- Standard Webhooks ----------------------------------------------------------------------------
@@ -1471,7 +1553,7 @@ def test_the_standard_digest_event_carries_counts_and_every_result_failures_firs
 
 
 def test_a_standard_digest_of_digest_limit_results_stays_near_the_recommended_20_kb():
-    message = render("standard", many_results(TARGETS["standard"].digest_limit))
+    message = render("standard", many_results(CHANNEL_TARGETS["standard"].digest_limit))
 
     assert len(message.body) <= 20 * 1024
 
@@ -1480,7 +1562,7 @@ def test_a_standard_digest_of_digest_limit_results_stays_near_the_recommended_20
 def test_the_standard_signature_verifies_with_the_standardwebhooks_library(count):
     # Given an attempt made now (the library allows five minutes of skew)
     now = datetime.now(UTC)
-    message = TARGETS["standard"].render(many_results(count), make_channel("standard"), now)
+    message = CHANNEL_TARGETS["standard"].render(many_results(count), make_channel("standard"), now)
 
     # When the receiver verifies it with the reference library
     event = Webhook(WHSEC).verify(message.body, message.headers)
@@ -1492,7 +1574,7 @@ def test_the_standard_signature_verifies_with_the_standardwebhooks_library(count
 
 
 def test_a_tampered_standard_body_fails_verification():
-    message = TARGETS["standard"].render(
+    message = CHANNEL_TARGETS["standard"].render(
         [make_result()], make_channel("standard"), datetime.now(UTC)
     )
 
@@ -1546,7 +1628,7 @@ def test_the_standard_target_refuses_a_missing_or_malformed_secret_without_quoti
     channel = make_channel("standard", secret=SecretStr(secret) if secret is not None else None)
 
     with pytest.raises(ValueError, match="secret") as raised:
-        TARGETS["standard"].render([make_result()], channel, NOW)
+        CHANNEL_TARGETS["standard"].render([make_result()], channel, NOW)
 
     assert not secret or secret.removeprefix("whsec_") not in str(raised.value)
 
