@@ -76,9 +76,13 @@ def test_no_module_of_the_package_is_over_700_lines() -> None:
 
 
 # What a process serving one function may not load: the other functions' machinery.
+# (settings reads three standard-library-only channel rules: wholeimage.channels.formats, .urls
+# and .sinks; every service module, and all that renders or sends, is under channels.base.)
 NOT_LOADED = {
     "create": [
-        "wholeimage.channels",
+        "wholeimage.channels.base",
+        "wholeimage.channels.registry",
+        "wholeimage.channels.text",
         "wholeimage.notify",
         "wholeimage.check",
         "wholeimage.ims.poller",
@@ -98,8 +102,8 @@ NOT_LOADED = {
 }
 
 
-@pytest.mark.parametrize("target", sorted(NOT_LOADED))
-def test_a_function_process_loads_only_its_own_modules(target: str) -> None:
+def loaded_by(target: str) -> list[str]:
+    """The modules a fresh interpreter holds once it imported main.py and ``target``'s edge."""
     probe = (
         "import json, sys, main\n"
         f"from wholeimage.web.{target} import handle_{target}\n"
@@ -119,7 +123,12 @@ def test_a_function_process_loads_only_its_own_modules(target: str) -> None:
         timeout=60,
         check=True,
     )
-    loaded = json.loads(done.stdout)
+    return list(json.loads(done.stdout))
+
+
+@pytest.mark.parametrize("target", sorted(NOT_LOADED))
+def test_a_function_process_loads_only_its_own_modules(target: str) -> None:
+    loaded = loaded_by(target)
 
     assert f"wholeimage.web.{target}" in loaded  # the probe saw the target's own edge
     assert [
@@ -127,3 +136,16 @@ def test_a_function_process_loads_only_its_own_modules(target: str) -> None:
         for module in loaded
         if any(module == name or module.startswith(f"{name}.") for name in NOT_LOADED[target])
     ] == []
+
+
+def test_of_the_channels_create_loads_only_the_standard_library_rules_settings_reads() -> None:
+    channels = {
+        module for module in loaded_by("create") if module.startswith("wholeimage.channels")
+    }
+
+    assert channels <= {
+        "wholeimage.channels",
+        "wholeimage.channels.formats",
+        "wholeimage.channels.urls",
+        "wholeimage.channels.sinks",
+    }

@@ -10,6 +10,7 @@ from wholeimage.bootstrap import Dependencies
 from wholeimage.check import CheckConfig, CheckSummary, run_check_sync
 from wholeimage.ims.poller import JobPoller, job_poller
 from wholeimage.notify import NotifySummary, outbox_for
+from wholeimage.poll_backoff import PollBackoff
 from wholeimage.results import console_url
 from wholeimage.service.delivery import channels, deliver_now
 from wholeimage.service.ports import ims_connection
