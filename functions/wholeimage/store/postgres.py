@@ -18,6 +18,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from wholeimage.models import Job, JobStatus
+from wholeimage.store import schema
+from wholeimage.store.dialect import POSTGRES
 from wholeimage.store.records import (
     BACKUP_BLOCKING_SQL,
     JOB_COLUMNS,
@@ -40,61 +42,7 @@ from wholeimage.store.records import (
 MIGRATION_LOCK_KEY = 0x77686F6C65  # "whole": one advisory lock id for all wholeimage instances
 
 # Each migration runs once, in order; the table wholeimage_schema remembers how far we got.
-MIGRATIONS: list[str] = [
-    f"""
-    CREATE TABLE IF NOT EXISTS jobs (
-        request_id          TEXT PRIMARY KEY,
-        idempotency_key     TEXT UNIQUE,
-        request_fingerprint TEXT NOT NULL,
-        request_json        TEXT NOT NULL,
-        requested_by        TEXT,
-        source_kind         TEXT NOT NULL,
-        source_id           TEXT NOT NULL,
-        status              TEXT NOT NULL,
-        ims_job_id          TEXT UNIQUE,
-        image_id            TEXT,
-        process_percent     DOUBLE PRECISION,
-        error_code          TEXT,
-        fail_reason         TEXT,
-        created_at          DOUBLE PRECISION NOT NULL,
-        updated_at          DOUBLE PRECISION NOT NULL,
-        submitted_at        DOUBLE PRECISION,
-        ended_at            DOUBLE PRECISION,
-        poll_attempts       INTEGER NOT NULL DEFAULT 0,
-        next_poll_at        DOUBLE PRECISION,
-        deadline_at         DOUBLE PRECISION,
-        lease_owner         TEXT,
-        lease_expires_at    DOUBLE PRECISION,
-        trace               TEXT
-    );
-    CREATE UNIQUE INDEX IF NOT EXISTS jobs_backup_once ON jobs (source_id)
-        WHERE source_kind IN ('csbs', 'cbr') AND status IN ({BACKUP_BLOCKING_SQL});
-    CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_poll_at) WHERE status IN ({OUTSTANDING_SQL});
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS notifications (
-        notification_id  TEXT PRIMARY KEY,
-        result_key       TEXT NOT NULL,
-        channel          TEXT NOT NULL,
-        result_json      TEXT NOT NULL,
-        state            TEXT NOT NULL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        created_at       DOUBLE PRECISION NOT NULL,
-        next_attempt_at  DOUBLE PRECISION NOT NULL,
-        lease_owner      TEXT,
-        lease_expires_at DOUBLE PRECISION,
-        delivered_at     DOUBLE PRECISION,
-        message_id       TEXT,
-        last_error       TEXT,
-        dead_at          DOUBLE PRECISION,
-        UNIQUE (result_key, channel)
-    );
-    CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at) WHERE state = 'PENDING';
-    CREATE INDEX IF NOT EXISTS notifications_dead ON notifications (dead_at) WHERE state = 'DEAD';
-    """,
-    # `list` reads the newest jobs first.
-    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
-]
+MIGRATIONS: list[list[str]] = [POSTGRES.migration(step) for step in schema.MIGRATIONS]
 
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 
@@ -430,6 +378,7 @@ def migrate(connection: psycopg.Connection[Any]) -> int:
         if row is None:
             cursor.execute("INSERT INTO wholeimage_schema (version) VALUES (0)")
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-            cursor.execute(migration)
+            for statement in migration:
+                cursor.execute(statement)
             cursor.execute("UPDATE wholeimage_schema SET version = %s", (number,))
         return len(MIGRATIONS)

@@ -76,6 +76,9 @@ def status_list(statuses: frozenset[JobStatus]) -> str:
 
 OUTSTANDING_SQL = status_list(OUTSTANDING)
 BACKUP_BLOCKING_SQL = status_list(BACKUP_BLOCKING)
+# The source kinds that are backups: one backup makes at most one image (an ECS, any number).
+BACKUP_KINDS = ("csbs", "cbr")
+BACKUP_KINDS_SQL = ", ".join(f"'{kind}'" for kind in BACKUP_KINDS)
 
 
 @dataclass(frozen=True)
