@@ -1,13 +1,19 @@
 """What SQLite and PostgreSQL write differently, and nothing else: a small ``Dialect`` each.
 
-A dialect names column types and renders the tables and indexes of ``schema``.
+The algorithm (``base``) writes its statements once, with ``:name`` parameters; a dialect turns
+them into what its driver takes, names column types, spells "insert unless a unique key is
+already there" and "compare bytes", and renders the tables and indexes of ``schema``.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 from wholeimage.store.schema import Column, Index, Migration, Table, Type
+
+_NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 @dataclass(frozen=True)
@@ -15,6 +21,28 @@ class Dialect:
     """How one engine writes what differs."""
 
     types: dict[Type, str]
+    pyformat: bool  # the driver takes %(name)s rather than :name
+    insert_ignore_prefix: str  # INSERT ... into a unique key already there does nothing
+    insert_ignore_suffix: str
+    byte_collation: str  # appended to a column to compare it byte by byte ("" if it already is)
+
+    def sql(self, statement: str) -> str:
+        """``statement`` (``:name`` parameters) as this engine's driver takes it."""
+        return _render(statement, pyformat=self.pyformat)
+
+    def insert(self, table: str, columns: tuple[str, ...], *, ignore_duplicates: bool) -> str:
+        """An ``INSERT`` of one row given as ``:column`` parameters."""
+        values = ", ".join(f":{column}" for column in columns)
+        prefix, suffix = (
+            (self.insert_ignore_prefix, self.insert_ignore_suffix)
+            if ignore_duplicates
+            else ("INSERT", "")
+        )
+        return f"{prefix} INTO {table} ({', '.join(columns)}) VALUES ({values}){suffix}"
+
+    def in_byte_order(self, column: str) -> str:
+        """``column`` compared byte by byte, for an ``ORDER BY`` both engines agree on."""
+        return f"{column}{self.byte_collation}"
 
     def column(self, column: Column) -> str:
         """A column definition."""
@@ -54,10 +82,26 @@ class Dialect:
         ]
 
 
+@functools.lru_cache(maxsize=256)
+def _render(statement: str, *, pyformat: bool) -> str:
+    if not pyformat:
+        return statement
+    # A literal % would be taken for a placeholder once parameters are passed.
+    return _NAMED_PARAMETER.sub(r"%(\1)s", statement.replace("%", "%%"))
+
+
 SQLITE = Dialect(
     types={Type.TEXT: "TEXT", Type.INTEGER: "INTEGER", Type.REAL: "REAL"},
+    pyformat=False,
+    insert_ignore_prefix="INSERT OR IGNORE",
+    insert_ignore_suffix="",
+    byte_collation="",  # BINARY, SQLite's default collation
 )
 
 POSTGRES = Dialect(
     types={Type.TEXT: "TEXT", Type.INTEGER: "INTEGER", Type.REAL: "DOUBLE PRECISION"},
+    pyformat=True,
+    insert_ignore_prefix="INSERT",
+    insert_ignore_suffix=" ON CONFLICT DO NOTHING",
+    byte_collation=' COLLATE "C"',
 )
