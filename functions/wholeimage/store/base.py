@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
+from wholeimage.errors import SubmissionInProgressError
 from wholeimage.models import Job, JobStatus
 from wholeimage.store.dialect import Dialect
 from wholeimage.store.records import (
@@ -145,13 +146,16 @@ class SqlJobStore(ABC, Generic[Handle]):
         """See ``JobStore.reserve``."""
         # Where a concurrent reservation can commit the same key or backup between our check
         # and our insert (PostgreSQL), a unique index refuses ours and the second pass sees
-        # theirs.
+        # theirs. Losing twice in a row means someone is reserving it right now.
         for attempt in range(2):
             try:
                 return self._reserve_once(job)
-            except DuplicateKeyError:
+            except DuplicateKeyError as exc:
                 if attempt == 1:
-                    raise
+                    raise SubmissionInProgressError(
+                        "another request for this idempotency key or backup is being recorded "
+                        "right now; retry shortly"
+                    ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _reserve_once(self, job: Job) -> Reservation:

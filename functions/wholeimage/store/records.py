@@ -8,7 +8,8 @@ Contract of a ``JobStore`` (each method is one transaction):
 - ``reserve(job)`` records a new job in ``SUBMITTING`` before IMS is called. If a job with the
   same idempotency key exists it records nothing and returns that job (``created=False``). If
   the job's backup already has a job in a blocking state it raises ``BackupInUseError``.
-  Two concurrent reservations can never both succeed for one key or one backup.
+  Two concurrent reservations can never both succeed for one key or one backup; one that keeps
+  losing such a race (a unique constraint refuses it twice) raises ``SubmissionInProgressError``.
 - ``mark_submitted`` / ``mark_uncertain`` move a ``SUBMITTING`` job on (a job in another status
   is left alone and returned as it is; an unknown one raises ``LookupError``); ``discard``
   deletes a ``SUBMITTING`` job whose submission IMS definitely refused, so nothing is left behind.
