@@ -1,13 +1,18 @@
 """The state store port and the records every adapter shares (jobs, poll updates, notifications).
 
+``base.SqlJobStore`` implements the port once over SQL; ``sqlite`` and ``postgres`` adapt it to
+their engine. This module holds what they share and imports neither.
+
 Contract of a ``JobStore`` (each method is one transaction):
 
 - ``reserve(job)`` records a new job in ``SUBMITTING`` before IMS is called. If a job with the
   same idempotency key exists it records nothing and returns that job (``created=False``). If
   the job's backup already has a job in a blocking state it raises ``BackupInUseError``.
-  Two concurrent reservations can never both succeed for one key or one backup.
-- ``mark_submitted`` / ``mark_uncertain`` move a ``SUBMITTING`` job on; ``discard`` deletes a
-  ``SUBMITTING`` job whose submission IMS definitely refused, so nothing is left behind.
+  Two concurrent reservations can never both succeed for one key or one backup; one that keeps
+  losing such a race (a unique constraint refuses it twice) raises ``SubmissionInProgressError``.
+- ``mark_submitted`` / ``mark_uncertain`` move a ``SUBMITTING`` job on (a job in another status
+  is left alone and returned as it is; an unknown one raises ``LookupError``); ``discard``
+  deletes a ``SUBMITTING`` job whose submission IMS definitely refused, so nothing is left behind.
 - ``get`` / ``get_by_ims_job_id`` read one job.
 - ``claim_due`` leases up to ``limit`` outstanding jobs whose next poll is due and whose lease
   (if any) has expired, earliest first; concurrent claims never return the same job.
@@ -76,6 +81,9 @@ def status_list(statuses: frozenset[JobStatus]) -> str:
 
 OUTSTANDING_SQL = status_list(OUTSTANDING)
 BACKUP_BLOCKING_SQL = status_list(BACKUP_BLOCKING)
+# The source kinds that are backups: one backup makes at most one image (an ECS, any number).
+BACKUP_KINDS = ("csbs", "cbr")
+BACKUP_KINDS_SQL = ", ".join(f"'{kind}'" for kind in BACKUP_KINDS)
 
 
 @dataclass(frozen=True)
@@ -357,41 +365,6 @@ class JobStore(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
-
-
-class SubmissionTransitions:
-    """``mark_submitted`` and ``mark_uncertain`` for any adapter, over its conditional ``_update``.
-
-    ``_update(request_id, expected, **columns)`` sets ``columns`` only while the job has status
-    ``expected``, in one transaction, and returns the job as it then is.
-    """
-
-    def _update(self, request_id: str, expected: JobStatus, **changes: Any) -> Job:
-        raise NotImplementedError
-
-    def mark_submitted(
-        self, request_id: str, *, ims_job_id: str, now: datetime, next_poll_at: datetime
-    ) -> Job:
-        """See ``JobStore.mark_submitted``."""
-        return self._update(
-            request_id,
-            JobStatus.SUBMITTING,
-            status=JobStatus.SUBMITTED.value,
-            ims_job_id=ims_job_id,
-            submitted_at=to_epoch(now),
-            updated_at=to_epoch(now),
-            next_poll_at=to_epoch(next_poll_at),
-        )
-
-    def mark_uncertain(self, request_id: str, *, reason: str, now: datetime) -> Job:
-        """See ``JobStore.mark_uncertain``."""
-        return self._update(
-            request_id,
-            JobStatus.SUBMITTING,
-            status=JobStatus.SUBMIT_UNCERTAIN.value,
-            fail_reason=reason,
-            updated_at=to_epoch(now),
-        )
 
 
 def to_epoch(moment: datetime | None) -> float | None:
