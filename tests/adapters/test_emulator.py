@@ -149,6 +149,7 @@ def test_a_signed_create_returns_a_32_hex_job_id(ims: ImsEmulator, http: httpx.C
     assert response.headers["x-request-id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -366,6 +367,7 @@ def test_job_responses_can_carry_a_null_missing_or_unknown_status(
 # -- authentication -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("ak", "sk", "minutes_off", "code"),
     [
@@ -584,6 +586,7 @@ def test_a_503_and_an_img_0060_flow_control_error_can_be_injected(
     assert flow_control.json()["error"]["code"] == "IMG.0060"
 
 
+@pytest.mark.slow
 def test_a_delay_fault_slows_one_answer(ims: ImsEmulator, http: httpx.Client) -> None:
     ims.inject("create", Fault(delay=0.3))
 
@@ -599,6 +602,7 @@ def test_a_delay_fault_slows_one_answer(ims: ImsEmulator, http: httpx.Client) ->
     assert fast_seconds < 0.3
 
 
+@pytest.mark.slow
 def test_a_hang_outlasts_the_client_timeout_and_a_drop_closes_the_connection(
     ims: ImsEmulator, http: httpx.Client
 ) -> None:
@@ -613,6 +617,7 @@ def test_a_hang_outlasts_the_client_timeout_and_a_drop_closes_the_connection(
     assert send_signed(http, ims, "GET", path).status_code == 404
 
 
+@pytest.mark.slow
 def test_latency_is_added_to_every_ims_request(ims: ImsEmulator, http: httpx.Client) -> None:
     ims.config.latency_ms = 200
 
@@ -648,6 +653,7 @@ def test_every_request_is_recorded_with_its_route(
     assert ims.jobs == {}
 
 
+@pytest.mark.slow
 def test_many_concurrent_keep_alive_queries_are_all_answered(
     ims: ImsEmulator, http: httpx.Client
 ) -> None:
@@ -706,6 +712,7 @@ def test_the_admin_routes_drive_the_emulator_from_another_process(
     assert http.get("/_emulator/health").json() == {"status": "ok"}
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_its_url_and_stops_on_sigterm() -> None:
     command = [sys.executable, "-m", "ims_emulator", "--port", "0", "--job-seconds", "1"]
     # Our own module with fixed arguments.

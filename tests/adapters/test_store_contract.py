@@ -259,6 +259,7 @@ def test_an_ecs_is_never_blocked_whatever_its_jobs_statuses(store, state_url):
     assert job_count(state_url) == len(JobStatus) + 1
 
 
+@pytest.mark.slow
 @BACKUP_KINDS
 @pytest.mark.parametrize("ended", [JobStatus.FAIL, JobStatus.TIMED_OUT], ids=str)
 def test_a_backup_whose_job_failed_or_timed_out_can_be_used_again(store, kind, ended):
@@ -447,6 +448,7 @@ def test_claim_due_returns_only_due_outstanding_jobs_earliest_first(store):
     assert claim(store, "tick-2", now=later) == [store.get(not_yet.request_id)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", NEVER_CLAIMED, ids=str)
 def test_claim_due_never_returns_a_job_that_is_not_outstanding(store, status):
     reserve_all(store, [due_job(T0 - timedelta(days=1), status=status)])
@@ -578,6 +580,7 @@ def test_an_update_after_the_lease_was_taken_over_is_not_applied(store, state_ur
     assert (read.status, read.process_percent, read.poll_attempts) == (JobStatus.RUNNING, 5.0, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("end_status", sorted(ENDED), ids=str)
 def test_an_end_is_applied_exactly_once(store, state_url, end_status):
     [job] = reserve_all(store, [due_job(status=JobStatus.RUNNING)])
@@ -783,6 +786,7 @@ def assert_claimed_exactly_once(
     assert backend_rows(state_url, "SELECT DISTINCT poll_attempts FROM jobs") == [(1,)]
 
 
+@pytest.mark.slow
 def test_threads_each_with_its_own_store_claim_every_job_exactly_once(
     store, state_url, opened_stores
 ):
@@ -814,6 +818,7 @@ def child_claim_until_empty(state_url: str, owner: str, out: str, barrier: Barri
         Path(out).write_text("".join(f"{request_id}\n" for request_id in claimed))
 
 
+@pytest.mark.slow
 def test_processes_claim_every_job_exactly_once(store, state_url, spawn, tmp_path):
     pool = reserve_pool(store)
     barrier = multiprocessing.get_context("spawn").Barrier(PROCESSES)
@@ -837,6 +842,7 @@ def test_processes_claim_every_job_exactly_once(store, state_url, spawn, tmp_pat
 ENDERS = [("crashed-tick", "img-late"), ("next-tick", "img-new"), ("next-tick", "img-new")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first", range(len(ENDERS)), ids=["crashed-first", "next-first", "next-again-first"]
 )
@@ -876,6 +882,7 @@ def test_two_owners_racing_to_end_jobs_after_a_takeover_apply_exactly_one_end_ea
     ]
 
 
+@pytest.mark.slow
 def test_threads_reserving_one_key_at_once_create_exactly_one_job(state_url, opened_stores):
     stores = opened_stores(RACERS)
 
@@ -891,6 +898,7 @@ def test_threads_reserving_one_key_at_once_create_exactly_one_job(state_url, ope
     assert job_count(state_url) == 1
 
 
+@pytest.mark.slow
 @BACKUP_KINDS
 def test_threads_reserving_one_backup_at_once_create_exactly_one_job(
     state_url, opened_stores, kind
@@ -926,6 +934,7 @@ def skip_unless_postgres(store_kind: str) -> None:
         pytest.skip("PostgreSQL only")
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_migrate_run_by_eight_connections_at_once_creates_the_schema_once(store_kind, state_url):
     skip_unless_postgres(store_kind)
@@ -967,6 +976,7 @@ def claim_inner_select() -> str:
     return inner
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_claim_query_finds_due_jobs_through_the_jobs_due_index(store_kind, state_url):
     skip_unless_postgres(store_kind)

@@ -57,10 +57,12 @@ def ids(jobs: list[Job]) -> list[str]:
     return [job.request_id for job in jobs]
 
 
+@pytest.mark.slow
 def test_an_empty_store_lists_nothing(store):
     assert store.list_jobs(statuses=None, since=None, limit=10) == []
 
 
+@pytest.mark.slow
 def test_jobs_are_listed_newest_first_with_every_field_read_back(store):
     jobs = a_minute_apart(store, [JobStatus.SUCCESS, JobStatus.RUNNING, JobStatus.SUBMITTED])
 
@@ -71,12 +73,14 @@ def test_jobs_are_listed_newest_first_with_every_field_read_back(store):
     assert listed[0].created_at == jobs[2].created_at
 
 
+@pytest.mark.slow
 def test_the_limit_keeps_the_newest(store):
     jobs = a_minute_apart(store, [JobStatus.SUBMITTED] * 5)
 
     assert ids(store.list_jobs(statuses=None, since=None, limit=2)) == ids(jobs[:2:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [0, -1])
 def test_a_limit_below_one_lists_nothing(store, limit):
     a_minute_apart(store, [JobStatus.SUBMITTED] * 2)
@@ -84,6 +88,7 @@ def test_a_limit_below_one_lists_nothing(store, limit):
     assert store.list_jobs(statuses=None, since=None, limit=limit) == []
 
 
+@pytest.mark.slow
 def test_a_status_filter_keeps_only_those_statuses(store):
     jobs = a_minute_apart(
         store, [JobStatus.FAIL, JobStatus.RUNNING, JobStatus.SUCCESS, JobStatus.TIMED_OUT]
@@ -94,6 +99,7 @@ def test_a_status_filter_keeps_only_those_statuses(store):
     assert ids(listed) == [jobs[3].request_id, jobs[2].request_id, jobs[0].request_id]
 
 
+@pytest.mark.slow
 def test_every_status_can_be_listed_on_its_own(store):
     jobs = {status: recorded(store, status=status) for status in JobStatus}
 
@@ -122,6 +128,7 @@ def test_since_in_another_time_zone_means_the_same_moment(store):
     assert ids(store.list_jobs(statuses=None, since=in_tokyo, limit=10)) == ids(jobs[:0:-1])
 
 
+@pytest.mark.slow
 def test_status_since_and_limit_combine(store):
     jobs = a_minute_apart(
         store,
@@ -139,6 +146,7 @@ def test_status_since_and_limit_combine(store):
     assert ids(listed) == [jobs[4].request_id, jobs[3].request_id]
 
 
+@pytest.mark.slow
 def test_jobs_created_at_the_same_moment_come_in_a_stable_order(store):
     same_moment = [recorded(store, request_id=f"{digit}" * 32, created_at=T0) for digit in "3a1f"]
 

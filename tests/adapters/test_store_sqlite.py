@@ -162,6 +162,7 @@ def test_creating_the_schema_is_idempotent_across_stores_and_reopening(db_path):
     assert query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
+@pytest.mark.slow
 def test_first_use_waits_for_a_writer_of_the_new_file_instead_of_failing(db_path):
     # A writer holding a new file's lock makes SQLite refuse the switch to WAL at once, without
     # the busy handler: the store must take its turn, as concurrent first starts need.
@@ -344,6 +345,7 @@ def test_mark_uncertain_moves_a_submitting_job_on(store):
 NOT_SUBMITTING = [status for status in JobStatus if status is not JobStatus.SUBMITTING]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", NOT_SUBMITTING, ids=str)
 def test_mark_submitted_and_mark_uncertain_leave_a_job_that_is_not_submitting_alone(store, status):
     job = new_job(ECS_BODY, key="key-1", status=status)
@@ -381,6 +383,7 @@ def test_discard_deletes_a_submitting_job(store):
     assert store.reserve(new_job(CBR_BODY, key="key-1")).created is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", NOT_SUBMITTING, ids=str)
 def test_discard_leaves_a_job_that_is_not_submitting_alone(store, status):
     job = new_job(CBR_BODY, key="key-1", status=status)
@@ -638,6 +641,7 @@ def race_in_processes(
     return answers
 
 
+@pytest.mark.slow
 def test_four_processes_with_one_key_make_exactly_one_submission(spawn, db_path, tmp_path):
     submissions = tmp_path / "submissions.log"
 
@@ -653,6 +657,7 @@ def test_four_processes_with_one_key_make_exactly_one_submission(spawn, db_path,
     assert statuses(db_path) == [("key-1", "SUBMITTED")]
 
 
+@pytest.mark.slow
 def test_four_processes_with_one_backup_make_exactly_one_submission(spawn, db_path, tmp_path):
     submissions = tmp_path / "submissions.log"
 
@@ -664,6 +669,7 @@ def test_four_processes_with_one_backup_make_exactly_one_submission(spawn, db_pa
     assert [status for _, status in statuses(db_path)] == ["SUBMITTED"]
 
 
+@pytest.mark.slow
 def test_a_process_killed_inside_the_ims_call_loses_nothing_and_nothing_is_resubmitted(
     spawn, db_path, tmp_path
 ):
@@ -717,6 +723,7 @@ def test_a_process_killed_inside_the_ims_call_loses_nothing_and_nothing_is_resub
     assert statuses(db_path) == [("key-1", "SUBMIT_UNCERTAIN")]
 
 
+@pytest.mark.slow
 def test_a_process_killed_inside_the_reserve_transaction_leaves_neither_a_row_nor_a_lock(
     spawn, db_path
 ):
@@ -739,6 +746,7 @@ def test_a_process_killed_inside_the_reserve_transaction_leaves_neither_a_row_no
     assert statuses(db_path) == [("key-1", "SUBMITTING")]
 
 
+@pytest.mark.slow
 def test_two_hundred_submissions_from_two_processes_on_one_file_lose_no_row(spawn, db_path):
     per_process = 100
     barrier = multiprocessing.get_context("spawn").Barrier(2)

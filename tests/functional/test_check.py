@@ -694,6 +694,7 @@ def recorded(store: JobStore, job: Job) -> Job:
     return found
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_job_is_followed_through_init_and_running_to_success_with_its_image_id(store, ims, clock):
     with wired(settings_for(ims), store) as deps:
@@ -730,6 +731,7 @@ def test_a_job_is_followed_through_init_and_running_to_success_with_its_image_id
     assert job_queries(ims) == {job.ims_job_id: 3}
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_failed_job_records_imss_error_code_and_fail_reason(store, ims, clock):
     ims.config.fail_sources = {"doomed-0"}
@@ -762,6 +764,7 @@ def test_a_failed_job_records_imss_error_code_and_fail_reason(store, ims, clock)
     assert by_admin.ended_at == clock.now()
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_the_summary_counts_what_the_tick_did(store, ims, clock):
     settings = settings_for(ims, poll_min_interval=15, poll_max_interval=300, check_concurrency=1)
@@ -806,6 +809,7 @@ def test_the_summary_counts_what_the_tick_did(store, ims, clock):
     assert answer["owner"].startswith("check-")
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_only_due_jobs_are_polled(store, ims, clock):
     with wired(settings_for(ims), store) as deps:
@@ -827,6 +831,7 @@ def test_only_due_jobs_are_polled(store, ims, clock):
     }
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_one_tick_queries_a_job_at_most_once_even_when_it_is_due_again_at_once(store, ims, clock):
     # min = max = 0 makes every outstanding job due at every tick, not many times in one.
@@ -845,6 +850,7 @@ def test_one_tick_queries_a_job_at_most_once_even_when_it_is_due_again_at_once(s
     assert all(recorded(store, job).status is JobStatus.INIT for job in jobs)
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_job_past_its_deadline_is_queried_once_more_and_timed_out(store, ims, clock):
     ims.config.job_seconds = 10 * 3600
@@ -866,6 +872,7 @@ def test_a_job_past_its_deadline_is_queried_once_more_and_timed_out(store, ims, 
     assert timed_out.ended_at == clock.now()
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_throttling_is_counted_and_reschedules_jobs_without_failing_them(store, ims, clock):
     ims.config.job_seconds = 0
@@ -903,6 +910,7 @@ def test_throttling_is_counted_and_reschedules_jobs_without_failing_them(store, 
     assert after.still_outstanding == 0
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_an_emulator_speaking_the_old_time_format_is_followed_to_the_end(store, ims, clock):
     ims.config.old_time_format = True
@@ -921,6 +929,7 @@ def test_an_emulator_speaking_the_old_time_format_is_followed_to_the_end(store, 
     assert recorded(store, job).image_id == ims.jobs[job.ims_job_id].image_id
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_wrong_credentials_abort_the_tick_and_fail_no_job(store, ims, clock):
     with wired(settings_for(ims), store) as good:
@@ -948,6 +957,7 @@ def test_wrong_credentials_abort_the_tick_and_fail_no_job(store, ims, clock):
         assert tick(good, clock).polled == 5
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_poller_that_cannot_build_its_clients_aborts_the_tick_and_loses_nothing(
     store, ims, clock
@@ -1030,6 +1040,7 @@ class SpyStore:
         self.inner.close()
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_the_time_budget_stops_claiming_and_hands_back_what_was_not_started(store, ims, clock):
     total = 30
@@ -1127,6 +1138,7 @@ def assert_each_job_queried_and_ended_once(
         assert done.poll_attempts == 1
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_four_overlapping_ticks_in_threads_query_and_end_every_job_exactly_once(
     state_url, store, ims, clock
@@ -1200,6 +1212,7 @@ def child_tick_until_killed(ims_url: str, state_url: str, now_epoch: float, leas
     )
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_three_overlapping_ticks_in_processes_query_and_end_every_job_exactly_once(
     spawn, state_url, store, ims, clock
@@ -1227,6 +1240,7 @@ def test_three_overlapping_ticks_in_processes_query_and_end_every_job_exactly_on
     assert_each_job_queried_and_ended_once(ims, store, jobs, summaries)
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_tick_killed_mid_poll_loses_nothing_and_its_jobs_wait_for_the_lease_to_expire(
     spawn, state_url, store, ims, clock
@@ -1342,6 +1356,7 @@ TRIGGERS["cloudevent-structured"] = cloudevent_trigger(to_structured)
 TRIGGERS["cloudevent-binary"] = cloudevent_trigger(to_binary)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trigger", sorted(TRIGGERS))
 def test_any_trigger_runs_one_tick_and_answers_its_json_summary(check_app, live_ims, trigger):
     client, deps = check_app()
@@ -1371,6 +1386,7 @@ def test_a_tick_with_nothing_due_answers_an_empty_summary(check_app, live_ims):
     assert live_ims.calls.get("job", 0) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"X-Api-Token": "wrong"}, {"Authorization": API_TOKEN}],
@@ -1391,6 +1407,7 @@ def test_with_an_api_token_configured_a_call_without_it_is_401_and_polls_nothing
     assert recorded(deps.store, job).status is JobStatus.SUBMITTED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "headers",
     [{"X-Api-Token": API_TOKEN}, {"Authorization": f"Bearer {API_TOKEN}"}],
@@ -1404,6 +1421,7 @@ def test_with_an_api_token_configured_the_token_is_accepted(check_app, live_ims,
     assert response.get_json()["ended"] == {"SUCCESS": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 def test_other_methods_are_405_and_poll_nothing(check_app, live_ims, method):
     client, deps = check_app()
@@ -1414,6 +1432,7 @@ def test_other_methods_are_405_and_poll_nothing(check_app, live_ims, method):
     assert live_ims.calls.get("job", 0) == 0
 
 
+@pytest.mark.slow
 def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_ims, tmp_path):
     env = function_env(
         live_ims,
@@ -1449,6 +1468,7 @@ def test_the_check_function_served_by_functions_framework_polls_due_jobs(live_im
     assert "wholeimage-check" in served.log()  # the scheduler job, logged with the call
 
 
+@pytest.mark.slow
 def test_the_keep_alive_poll_client_maps_transport_failures_to_httpx_errors(ims):
     # Given a port nobody listens on, and an emulator that answers too slowly
     with socket.socket() as sock:

@@ -283,6 +283,7 @@ def test_a_malformed_setting_is_a_usage_error_naming_the_variable(capsys, monkey
     assert "WHOLEIMAGE_POLL_MIN_INTERVAL" in err
 
 
+@pytest.mark.slow
 def test_ims_staying_unavailable_is_exit_3_with_when_to_retry(environment, ims, capsys):
     ims.inject("create", *[Fault(status=503, headers={"Retry-After": "1"})] * 10)
 
@@ -313,6 +314,7 @@ def test_ims_refusing_our_credentials_is_a_usage_error_naming_them(
     assert "wrong-secret" not in err
 
 
+@pytest.mark.slow
 def test_an_uncertain_submission_is_exit_3_and_recorded(environment, ims, capsys, monkeypatch):
     monkeypatch.setenv("WHOLEIMAGE_IMS_TIMEOUT", "0.5")
     ims.inject("create", Fault(hang=True, delay=2.0))
@@ -356,6 +358,7 @@ def progress_lines(err: str) -> list[tuple[str, str]]:
     return re.findall(r"^\S+ \S+Z  (\w+)\s+(\S+)$", err, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_submit_wait_drives_check_until_success_showing_each_change_once(
     environment, ims, capsys, quick_waits
 ):
@@ -373,6 +376,7 @@ def test_submit_wait_drives_check_until_success_showing_each_change_once(
     assert re.search(r"^image id\s+\S+", out, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_submit_wait_exits_1_when_the_job_fails(environment, ims, capsys, quick_waits):
     ims.config.job_seconds = 0.2
     ims.config.fail_sources = {"doomed"}
@@ -388,6 +392,7 @@ def test_submit_wait_exits_1_when_the_job_fails(environment, ims, capsys, quick_
     assert progress_lines(err)[-1][0] == "FAIL"
 
 
+@pytest.mark.slow
 def test_submit_wait_gives_up_after_the_timeout_and_the_job_goes_on(
     environment, ims, capsys, quick_waits
 ):
@@ -476,6 +481,7 @@ def test_status_of_an_unknown_id_is_exit_4_and_says_where_to_look(environment, c
     assert "wholeimage list" in err
 
 
+@pytest.mark.slow
 def test_list_shows_jobs_newest_first_in_aligned_columns(environment, store, capsys):
     start = datetime.now(UTC) - timedelta(hours=1)
     jobs = [
@@ -676,6 +682,7 @@ def test_python_m_wholeimage_help_lists_the_commands_and_the_exit_codes(tmp_path
         assert re.search(rf"^  {code}  ", done.stdout, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_python_m_wholeimage_submits_and_finds_the_job_as_a_child_process(ims, tmp_path):
     env = child_env(
         WHOLEIMAGE_IMS_ENDPOINT=ims.url,

@@ -108,6 +108,7 @@ def assert_nothing_happened(deps: Dependencies, ims: FakeImsClient) -> None:
     assert deps.store.get_by_ims_job_id(f"{1:032x}") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "content_type", "path"),
     [

@@ -318,6 +318,7 @@ def ims(clock: Clock) -> Iterator[ImsEmulator]:
         yield emulator
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_tick_that_ends_jobs_writes_one_row_per_verdict_and_channel_that_wants_it(
     store, state_url, ims, clock
@@ -494,6 +495,7 @@ def assert_sent_as(format: str, request: httpx.Request, result: JobResult) -> No
         assert event["data"] == result.to_json()
 
 
+@pytest.mark.slow
 @BOTH_STORES
 @pytest.mark.parametrize("format", FORMATS)
 def test_each_format_is_delivered_once_its_service_confirms_it(store, state_url, format):
@@ -583,6 +585,7 @@ REFUSALS: dict[str, tuple[str, Answer, str, str]] = {
 }
 
 
+@pytest.mark.slow
 @BOTH_STORES
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_an_answer_other_than_the_services_confirmation_is_never_delivered(store, state_url, case):
@@ -658,6 +661,7 @@ def service_result(request: httpx.Request, results: list[JobResult]) -> JobResul
     return found
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_429_with_retry_after_reschedules_the_row_and_pauses_only_that_channel(store, state_url):
     # Given three results for Slack and one for Feishu, and a Slack that says "wait 120 s"
@@ -714,6 +718,7 @@ def test_a_429_with_retry_after_reschedules_the_row_and_pauses_only_that_channel
     assert min(service.times[2:]) >= 120
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_discords_json_retry_after_is_honoured(store, state_url):
     time = FakeTime()
@@ -752,6 +757,7 @@ def test_backoff_is_full_jitter_up_to_base_times_three_to_the_attempts_capped_at
         assert max(delays) > 0.9 * bound
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_5xx_is_retried_later_with_full_jitter_backoff_and_every_attempt_is_counted(
     store, state_url
@@ -783,6 +789,7 @@ def test_a_5xx_is_retried_later_with_full_jitter_backoff_and_every_attempt_is_co
     assert (row.state, row.attempts, row.message_id) == ("DELIVERED", 5, job_result(1).key)
 
 
+@pytest.mark.slow
 @BOTH_STORES
 @pytest.mark.parametrize(
     ("error", "detail"),
@@ -918,6 +925,7 @@ def test_dead_letters_are_listed_and_redriven_one_or_all_then_delivered(store, s
     assert delivered == [first.key, second.key]
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_run_stops_sending_when_its_time_budget_is_spent_even_without_rate_limit_waits(
     store, state_url
@@ -954,6 +962,7 @@ def test_a_run_stops_sending_when_its_time_budget_is_spent_even_without_rate_lim
 # === 3. bursts and digests =======================================================================
 
 
+@pytest.mark.slow
 @BOTH_STORES
 @pytest.mark.parametrize(
     ("count", "messages", "digests"),
@@ -982,6 +991,7 @@ def test_up_to_three_results_go_singly_and_more_in_digests_of_the_targets_limit(
         assert row.message_id == row.result_key if alone else row.message_id != row.result_key
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_burst_of_1000_results_for_slack_is_a_few_paced_digests_and_no_row_is_lost(
     store, state_url
@@ -1068,6 +1078,7 @@ class StrictSlack:
         return httpx.Client(transport=httpx.MockTransport(respond))
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_two_instances_sharing_a_slack_webhook_handle_every_429_and_deliver_everything(store):
     # Given 1,000 results and two instances, each with its own limiter, taking 300 rows a run
@@ -1148,6 +1159,7 @@ def deliver_until_empty(
             return summaries
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_four_runs_in_threads_deliver_every_row_exactly_once(state_url, store):
     results = due_results(store, CONCURRENT_ROWS)
@@ -1249,6 +1261,7 @@ def recorded_ids(path: Path) -> list[str]:
     return path.read_text("utf-8").split() if path.exists() else []
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_three_runs_in_processes_deliver_every_row_exactly_once(spawn, state_url, store, tmp_path):
     results = due_results(store, CONCURRENT_ROWS)
@@ -1277,6 +1290,7 @@ def test_three_runs_in_processes_deliver_every_row_exactly_once(spawn, state_url
     assert store.notification_counts() == {"DELIVERED": CONCURRENT_ROWS}
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_run_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_message_in_flight(
     spawn, state_url, store, tmp_path
@@ -1345,6 +1359,7 @@ def test_a_run_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_message
 # === 5. local sinks ==============================================================================
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_file_sink_appends_one_json_line_per_message_in_the_channels_format(store, tmp_path):
     time = FakeTime()
@@ -1377,6 +1392,7 @@ def test_a_file_sink_appends_one_json_line_per_message_in_the_channels_format(st
     assert len(sink.read_text("utf-8").splitlines()) == 5
 
 
+@pytest.mark.slow
 @BOTH_STORES
 def test_a_console_sink_prints_the_message_in_the_channels_format(store, capsys):
     time = FakeTime()

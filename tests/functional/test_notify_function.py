@@ -121,6 +121,7 @@ def seed_pending(store: JobStore, *indexes: int) -> list[str]:
 # === POST a job result ===========================================================================
 
 
+@pytest.mark.slow
 def test_a_posted_job_result_is_added_for_each_channel_that_wants_it_and_delivered(
     notify_app, store
 ):
@@ -148,6 +149,7 @@ def test_a_posted_job_result_is_added_for_each_channel_that_wants_it_and_deliver
     assert len(service.requests) == 2
 
 
+@pytest.mark.slow
 def test_a_minimal_job_result_is_enough_and_a_filtered_channel_does_not_hear_it(
     notify_app, store, state_url
 ):
@@ -166,6 +168,7 @@ def test_a_minimal_job_result_is_enough_and_a_filtered_channel_does_not_hear_it(
     assert (row.channel, row.result_key) == ("hook", "wi_9f1c2d3e4b5a69788796a5b4c3d2e1f0_success")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "paths"),
     [
@@ -197,6 +200,7 @@ def test_an_invalid_job_result_is_400_naming_its_fields_and_adds_nothing(
     assert service.requests == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "content_type"),
     [(b"{not json", "application/json"), (b'{"request_id": "x"}', "text/plain")],
@@ -217,6 +221,7 @@ def result_event(index: int) -> CloudEvent:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [to_structured, to_binary], ids=["structured", "binary"])
 def test_a_job_result_cloudevent_is_added_and_delivered(notify_app, store, mode):
     client, service = notify_app()
@@ -259,6 +264,7 @@ for _name, _mode in (("structured", to_structured), ("binary", to_binary)):
     TICKS[f"other-cloudevent-{_name}"] = (_body, _headers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trigger", sorted(TICKS))
 def test_a_call_without_a_job_result_just_delivers_what_is_pending(notify_app, store, trigger):
     client, service = notify_app()
@@ -279,6 +285,7 @@ def test_a_call_without_a_job_result_just_delivers_what_is_pending(notify_app, s
 # === dead letters, re-drive and counts ===========================================================
 
 
+@pytest.mark.slow
 def test_dead_letters_are_listed_without_urls_and_redriven_by_id_or_all(notify_app, store):
     client, service = notify_app(service=Service(answer(410), answer(410)))
     first, second = seed_pending(store, 1, 2)
@@ -321,6 +328,7 @@ def test_dead_letters_are_listed_without_urls_and_redriven_by_id_or_all(notify_a
     assert len(service.requests) == 4
 
 
+@pytest.mark.slow
 def test_get_shows_the_outbox_counts(notify_app, store):
     client, _ = notify_app()
     assert client.get("/").get_json() == {"outbox": {}}
@@ -331,6 +339,7 @@ def test_get_shows_the_outbox_counts(notify_app, store):
 # === authentication and methods ==================================================================
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "headers",
     [{}, {"X-Api-Token": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": API_TOKEN}],
@@ -353,6 +362,7 @@ def test_with_an_api_token_configured_a_call_without_it_is_401_and_does_nothing(
     assert service.requests == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "headers",
     [{"X-Api-Token": API_TOKEN}, {"Authorization": f"Bearer {API_TOKEN}"}],
@@ -366,6 +376,7 @@ def test_with_an_api_token_configured_the_token_is_accepted(notify_app, store, h
     assert client.get("/", headers=headers).get_json() == {"outbox": {"DELIVERED": 1}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 def test_other_methods_are_405_and_do_nothing(notify_app, store, method):
     client, service = notify_app()
@@ -414,6 +425,7 @@ def echoing_the_url_at_first(request: httpx.Request, seen: set[str]) -> httpx.Re
     return confirmed_by_host(request)
 
 
+@pytest.mark.slow
 def test_no_log_line_error_dead_letter_or_answer_shows_a_webhook_credential(
     notify_app, store, state_url
 ):
@@ -512,6 +524,7 @@ def tick_with(
     return answer, deps, job.request_id
 
 
+@pytest.mark.slow
 def test_a_tick_delivers_right_after_a_job_ends(store, live_ims):
     service = Service()
     answer, deps, request_id = tick_with(store, live_ims, service, webhook_url=SLACK_URL)
@@ -529,6 +542,7 @@ def test_a_tick_delivers_right_after_a_job_ends(store, live_ims):
     assert store.notification_counts() == {"DELIVERED": 1}
 
 
+@pytest.mark.slow
 def test_without_inline_delivery_a_tick_leaves_the_rows_pending_for_notify(store, live_ims):
     service = Service()
     answer, deps, _ = tick_with(
@@ -548,6 +562,7 @@ def test_without_inline_delivery_a_tick_leaves_the_rows_pending_for_notify(store
         deps.webhooks.close()
 
 
+@pytest.mark.slow
 def test_without_channels_a_tick_writes_no_rows_and_notifies_nothing(store, live_ims):
     service = Service()
     answer, deps, _ = tick_with(store, live_ims, service)

@@ -97,6 +97,7 @@ def dereferenced(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+@pytest.mark.slow
 def test_the_document_is_a_valid_openapi_3_1_document_with_every_reference_resolved():
     # The validator follows every $ref, into the schema files and between them.
     spec, base_uri = read_from_filename(str(DOCUMENT_PATH))
@@ -320,6 +321,7 @@ def test_a_cloud_event_submission_matches_the_document(app, emulated):
     assert assert_documented("/create", "POST", response)["requested_by"] == "/backups"
 
 
+@pytest.mark.slow
 def test_a_check_tick_that_ends_a_job_and_notifies_matches_the_document(app, emulated, monkeypatch):
     # Due at once (not FIRST_POLL_DELAY later), and the emulator ends its jobs at once.
     monkeypatch.setattr("wholeimage.create.FIRST_POLL_DELAY", timedelta(0))
@@ -335,6 +337,7 @@ def test_a_check_tick_that_ends_a_job_and_notifies_matches_the_document(app, emu
     assert assert_documented("/check", "GET", idle)["polled"] == 0
 
 
+@pytest.mark.slow
 def test_notify_calls_match_the_document(app, emulated):
     client = Client(app)
     now = datetime.now(UTC)
@@ -412,6 +415,7 @@ def test_notify_calls_match_the_document(app, emulated):
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_refused_request_matches_the_document(app, scripted, method, path, kwargs, status, code):
     response = Client(app).open(path, method=method, headers=AUTH, **kwargs)
 
@@ -419,6 +423,7 @@ def test_a_refused_request_matches_the_document(app, scripted, method, path, kwa
     assert assert_documented(path, method, response)["error"]["code"] == code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/create", "/check", "/notify"])
 @pytest.mark.parametrize("method", ["POST", "GET"])
 def test_a_call_without_the_token_is_a_documented_401(app, scripted, path, method):
@@ -428,6 +433,7 @@ def test_a_call_without_the_token_is_a_documented_401(app, scripted, path, metho
     assert assert_documented(path, method, response)["error"]["code"] == "unauthorized"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/create", "/check", "/notify"])
 def test_another_method_is_a_405_documented_on_each_operation(app, scripted, path):
     response = Client(app).put(path, headers=AUTH)
@@ -484,6 +490,7 @@ def test_another_method_is_a_405_documented_on_each_operation(app, scripted, pat
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
+@pytest.mark.slow
 def test_an_ims_failure_matches_the_document(app, scripted, fake_ims, failure, status, code):
     fake_ims.script.append(failure)
 

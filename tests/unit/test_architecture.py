@@ -126,6 +126,7 @@ def loaded_by(target: str) -> list[str]:
     return list(json.loads(done.stdout))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", sorted(NOT_LOADED))
 def test_a_function_process_loads_only_its_own_modules(target: str) -> None:
     loaded = loaded_by(target)

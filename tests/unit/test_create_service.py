@@ -288,6 +288,7 @@ def test_a_repeat_finding_a_stale_submitting_job_calls_it_uncertain_and_never_re
 # --- one backup, one image -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @BACKUP_BODIES
 @pytest.mark.parametrize("status", sorted(BACKUP_BLOCKING), ids=str)
 def test_a_backup_with_a_blocking_job_is_refused_before_ims_is_called(bench, body, status):
@@ -364,6 +365,7 @@ def test_a_replay_of_a_backup_request_is_a_replay_not_a_backup_in_use(bench):
     assert again.job == first.job
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", list(JobStatus), ids=str)
 def test_ecs_sources_are_never_blocked_by_each_other(bench, status):
     first = bench.submit(ECS_BODY, key="key-1")
@@ -410,6 +412,7 @@ REFUSALS = [
 ]
 
 
+@pytest.mark.slow
 @BACKUP_BODIES
 @pytest.mark.parametrize("refusal", REFUSALS, ids=lambda exc: type(exc).__name__)
 def test_a_submission_ims_definitely_refused_leaves_nothing_behind_so_a_retry_goes_through(

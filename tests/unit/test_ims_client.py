@@ -390,6 +390,7 @@ def test_transient_answers_are_retried_then_the_job_id_returned(transient: httpx
     assert len(harness.sleeps) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(25))
 def test_backoff_without_retry_after_is_full_jitter_under_the_capped_exponential(seed: int) -> None:
     # Given a policy whose cap is reached by the fourth retry

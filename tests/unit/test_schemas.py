@@ -73,6 +73,7 @@ def test_the_schema_folder_holds_the_create_request_schema():
     assert CREATE_REQUEST_SCHEMA in [path.name for path in SCHEMA_FILES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", by_name(SCHEMA_FILES))
 def test_every_schema_file_is_a_valid_2020_12_schema(path):
     Draft202012Validator.check_schema(load(path))
@@ -117,6 +118,7 @@ def test_a_valid_body_passes_validation(path):
     validate(CREATE_REQUEST_SCHEMA, load(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", by_name(INVALID_BODIES))
 def test_an_invalid_body_is_refused_naming_exactly_the_failing_fields(path):
     case = load(path)
@@ -127,6 +129,7 @@ def test_an_invalid_body_is_refused_naming_exactly_the_failing_fields(path):
     assert {detail["path"] for detail in raised.value.details} == set(case["errors"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", by_name(INVALID_BODIES))
 def test_every_detail_has_a_path_and_a_human_message(path):
     details = problems_of(load(path)["body"])
@@ -139,6 +142,7 @@ def test_every_detail_has_a_path_and_a_human_message(path):
         assert len(detail["message"]) < 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", by_name(INVALID_BODIES))
 def test_the_error_message_counts_the_details(path):
     with pytest.raises(RequestInvalidError) as raised:
@@ -341,11 +345,13 @@ WRONG_TYPES = {
 }
 
 
+@pytest.mark.slow
 @given(valid_bodies())
 def test_any_body_that_honours_the_rules_is_valid(body):
     assert problems_of(body) == []
 
 
+@pytest.mark.slow
 @given(valid_bodies(), st.data())
 def test_a_field_of_the_wrong_type_is_refused_naming_that_field_only(body, data):
     field = data.draw(st.sampled_from(sorted(body)), label="field")

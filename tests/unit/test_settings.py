@@ -221,6 +221,7 @@ def test_get_settings_raises_a_configuration_error_at_first_use(
         get_settings()
 
 
+@pytest.mark.slow
 def test_importing_the_modules_reads_no_settings() -> None:
     # Given a fresh interpreter whose environment is malformed at import time
     program = (

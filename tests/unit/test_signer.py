@@ -351,6 +351,7 @@ def sign_both(request: GeneratedRequest) -> tuple[SdkSigned, dict[str, str], str
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_requests())
 def test_generated_requests_are_signed_byte_equal_to_the_sdk(generated: GeneratedRequest) -> None:
@@ -368,6 +369,7 @@ def test_generated_requests_are_signed_byte_equal_to_the_sdk(generated: Generate
     assert signed == ";".join(sorted(n.lower() for n in ours_headers if "_" not in n))
 
 
+@pytest.mark.slow
 @PARITY
 @given(paths)
 def test_canonical_uri_equals_the_sdks_for_any_path(path: str) -> None:
@@ -382,6 +384,7 @@ def test_canonical_uri_equals_the_sdks_for_any_path(path: str) -> None:
     assert ours.endswith("/")
 
 
+@pytest.mark.slow
 @PARITY
 @given(queries, st.randoms(use_true_random=False))
 def test_canonical_query_equals_the_sdks_whatever_the_pair_order(
@@ -399,6 +402,7 @@ def test_canonical_query_equals_the_sdks_whatever_the_pair_order(
     assert ours == Signer.process_canonical_query_string(request)
 
 
+@pytest.mark.slow
 @PARITY
 @given(
     st.sampled_from(["Content-Type", "content-type", "CONTENT-TYPE"]),
@@ -547,6 +551,7 @@ def test_sdk_date_is_formatted_in_utc(moment: datetime, expected: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_requests())
 def test_parse_authorization_gives_back_what_authorization_header_put_in(

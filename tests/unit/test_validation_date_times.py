@@ -54,6 +54,7 @@ def test_an_rfc_3339_time_with_an_offset_is_accepted(moment):
     validate(JOB_RESULT_SCHEMA, job_result(moment))
 
 
+@pytest.mark.slow
 def test_without_rfc3339_validator_installed_the_notify_function_still_answers_400(tmp_path):
     # A child process where rfc3339-validator cannot be imported, as in a deployment.
     probe = textwrap.dedent(
