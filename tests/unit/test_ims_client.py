@@ -883,7 +883,7 @@ def test_the_first_call_fetches_a_project_scoped_token_with_the_password_and_sen
     # When
     job_id = iam.harness.client.create_whole_image(BODY)
 
-    # Then IAM was asked once, as ims-api.md §4.1 says
+    # Then IAM was asked once, as docs/ims-api.md §4.1 says
     assert job_id == JOB_ID
     (token_request,) = iam.cloud.iam_requests
     assert token_request.method == "POST"

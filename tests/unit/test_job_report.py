@@ -1,4 +1,4 @@
-"""Reading IMS's job query answer (ims-api.md §2.1): both time formats, every status, odd values.
+"""Reading IMS's job query answer (docs/ims-api.md §2.1): both time formats, every status, odd values.
 
 IMS sends every field as a possibly-null string; an unknown or missing status is never an end.
 """

@@ -9,7 +9,7 @@ One result becomes one rich message; several become ONE digest (counts per verdi
 then every job, failures first) that the service's size limits allow; ``Target.digest_limit``
 says how many results the caller should put into one digest so that all of them are listed.
 
-Service behaviour follows the research notes (``webhooks.md``). Three facts shape this module:
+Service behaviour follows the research notes (``docs/webhooks.md``). Three facts shape this module:
 Feishu, DingTalk and WeCom answer HTTP 200 when they refuse a message, so their JSON code is
 always read; the webhook URL is itself the credential, so it never reaches a ``detail`` or a log
 (``redact_url``); and httpx's ``params=`` drops a URL's own query, so query parameters are merged

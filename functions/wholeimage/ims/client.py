@@ -1,6 +1,6 @@
 """The IMS client port and its httpx adapter: signing, retries, and IMS answers as our errors.
 
-What IMS answers becomes (ims-api.md §1.5, §3):
+What IMS answers becomes (docs/ims-api.md §1.5, §3):
 
 - 200 with a ``job_id``: the job id;
 - 401/403: ``UpstreamAuthError`` (our credentials are wrong, never the caller's fault);
@@ -44,7 +44,7 @@ CREATE_PATH = "/v1/cloudimages/wholeimages/action"
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 FLOW_CONTROL_CODE = "IMG.0060"
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503})
-# Refresh an IAM token this long before it expires (tokens live 24 h; ims-api.md §4.1).
+# Refresh an IAM token this long before it expires (tokens live 24 h; docs/ims-api.md §4.1).
 TOKEN_REFRESH_MARGIN = timedelta(minutes=30)
 
 
@@ -268,7 +268,7 @@ class IamPasswordAuth(httpx.Auth):
 
 
 def upstream_code_and_message(response: httpx.Response) -> tuple[str | None, str | None]:
-    """Read an error code and message from any of the shapes IMS, APIG and IAM use (§3)."""
+    """Read an error code and message from any of the shapes IMS, APIG and IAM use (docs/ims-api.md §3)."""
     try:
         payload = response.json()
     except ValueError:

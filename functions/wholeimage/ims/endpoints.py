@@ -1,4 +1,4 @@
-"""IMS and IAM endpoints from a cloud and a region (ims-api.md §5), or given explicitly."""
+"""IMS and IAM endpoints from a cloud and a region (docs/ims-api.md §5), or given explicitly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from wholeimage.errors import ConfigurationError
 CLOUDS = ("huaweicloud", "otc")
 
 # Open Telekom Cloud regions and their hosts; eu-ch2 (Swiss) lives under sc.otc.t-systems.com
-# and its IAM host is iam-pub (ims-api.md §5; the IMS host there is inferred, not documented).
+# and its IAM host is iam-pub (docs/ims-api.md §5; the IMS host there is inferred, not documented).
 _OTC_REGIONS = {
     "eu-de": ("https://ims.eu-de.otc.t-systems.com", "https://iam.eu-de.otc.t-systems.com"),
     "eu-nl": ("https://ims.eu-nl.otc.t-systems.com", "https://iam.eu-nl.otc.t-systems.com"),

@@ -1,4 +1,4 @@
-"""Reading IMS's answer to a job query (ims-api.md §2.1), defensively.
+"""Reading IMS's answer to a job query (docs/ims-api.md §2.1), defensively.
 
 IMS returns every field as a possibly-null string; times come as ISO 8601 with milliseconds and
 ``Z`` (``2024-11-06T06:28:14.425Z``) or, in older deployments, ``04-Jun-2015 18:11:06:586``;

@@ -14,7 +14,7 @@ Each poll is a single attempt: a failure never fails a job, it only reschedules 
 Workers use one keep-alive connection each (``KeepAlivePollClient``), all sharing one SSL
 context. Measured here (64 workers, 50 ms server latency, 5,000 queries), the client's CPU per
 query decides the fan-out, and each layer of the httpx stack costs: one shared pool 5-10x
-(performance.md, "Polling fan-out"); per-worker ``httpx.AsyncClient`` objects about 2 ms;
+(docs/performance.md §4, "Polling fan-out"); per-worker ``httpx.AsyncClient`` objects about 2 ms;
 httpcore driven directly 0.98 ms; h11, the HTTP/1.1 engine beneath both, driven directly over
 an asyncio stream 0.55 ms. So workers speak h11, signed by the same auth as everything else,
 and answer ``httpx.Response`` objects; any client with ``get(path)`` and ``aclose()`` (an

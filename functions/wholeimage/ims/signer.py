@@ -3,7 +3,7 @@
 Hand-written because the official SDK is not a run-time dependency; ``tests/test_signer.py``
 proves it byte-equal to the SDK's signer over generated requests.
 
-The algorithm (ims-api.md §4.2):
+The algorithm (docs/ims-api.md §4.2):
 
 1. canonical request = method, canonical URI (each segment percent-encoded, always ending in
    ``/``), canonical query (pairs sorted, ``k=v`` encoded with ``safe='~'``), canonical headers

@@ -165,7 +165,7 @@ class SqliteJobStore(SubmissionTransitions):
             )
             connection.row_factory = sqlite3.Row
             _enable_wal(connection)
-            # NORMAL is durable against process crashes in WAL mode; FULL costs 5x (performance.md).
+            # NORMAL is durable against process crashes in WAL mode; FULL costs 5x (docs/performance.md §7).
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
             self._local.connection = connection
