@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv-iac (if missing) with checkov, the IaC scanner of tests/test_infra.py.
+# Create .venv-iac (if missing) with checkov, the IaC scanner of tests/system/test_infra.py.
 # checkov lives apart from .venv: it pins packaging<24 and brings boto3, numpy and more,
 # which would fight the project's pins. Reinstalls only when this script changes.
 # Usage: scripts/iac-tools.sh

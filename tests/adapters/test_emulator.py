@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from huaweicloudsdkims.v2 import (
     TagKeyValue,
 )
 
+import ims_emulator.server
 from ims_emulator import (
     CREATE_PATH,
     JOB_TYPE_BY_BACKUP,
@@ -50,6 +53,7 @@ JOB_SECONDS = 100.0
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 OLD_TIME = re.compile(r"^\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}:\d{3}$")
 FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
+EMULATOR_README = FUNCTIONS_DIR.parent / "tools" / "ims_emulator" / "README.md"
 
 
 class FakeClock:
@@ -873,3 +877,142 @@ def test_the_emulator_stops_even_with_a_connection_held_open(clock: FakeClock) -
     assert time.monotonic() - started < 2
     assert not thread.is_alive()
     assert errors
+
+
+# -- the README beside the emulator -----------------------------------------------------------
+
+
+def _constants(node: ast.expr) -> set[str]:
+    """The string constants of ``"POST"`` or ``("PATCH", "POST")``."""
+    items = node.elts if isinstance(node, ast.Tuple) else [node]
+    return {
+        item.value
+        for item in items
+        if isinstance(item, ast.Constant) and isinstance(item.value, str)
+    }
+
+
+def _path_templates(tree: ast.Module, function: ast.FunctionDef) -> dict[str, str]:
+    """Local names bound to ``_PATTERN.match(action)``, as templates: ``jobs/{job_id}/finish``."""
+    compiled: dict[str, str] = {}
+    for node in tree.body:
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.value, ast.Call)
+            and node.value.args
+            and isinstance(node.value.args[0], ast.Constant)
+        ):
+            compiled[node.target.id] = str(node.value.args[0].value)
+    templates = {}
+    for assignment in ast.walk(function):
+        if not (isinstance(assignment, ast.Assign) and isinstance(assignment.targets[0], ast.Name)):
+            continue
+        call = assignment.value
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "match"
+            and isinstance(call.func.value, ast.Name)
+        ):
+            regex = compiled[call.func.value.id]
+            template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", regex).strip("^$")
+            templates[assignment.targets[0].id] = template
+    return templates
+
+
+def dispatched_admin_routes() -> set[tuple[str, str]]:
+    """(method, action) for every admin route ``_admin_action`` dispatches, read from its code."""
+    tree = ast.parse(Path(ims_emulator.server.__file__).read_text("utf-8"))
+    function = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == "_admin_action"
+    )
+    templates = _path_templates(tree, function)
+    routes: set[tuple[str, str]] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Dict):  # the table of simple routes: {("GET", "health"): ...}
+            for key in node.keys:
+                if isinstance(key, ast.Tuple) and len(key.elts) == 2:
+                    method, action = (_constants(element) for element in key.elts)
+                    routes |= {(m, a) for m in method for a in action}
+        elif isinstance(node, ast.If):  # if method == "POST" and action == "faults": ...
+            methods: set[str] = set()
+            actions: set[str] = set()
+            test = node.test
+            for part in test.values if isinstance(test, ast.BoolOp) else [test]:
+                if isinstance(part, ast.Compare) and isinstance(part.left, ast.Name):
+                    if part.left.id == "method":
+                        methods |= _constants(part.comparators[0])
+                    elif part.left.id == "action":
+                        actions |= _constants(part.comparators[0])
+                elif isinstance(part, ast.Name) and part.id in templates:
+                    actions.add(templates[part.id])
+            routes |= {(m, a) for m in methods for a in actions}
+    return routes
+
+
+def test_the_readme_names_every_admin_route_the_server_dispatches(
+    ims: ImsEmulator, http: httpx.Client
+) -> None:
+    routes = dispatched_admin_routes()
+    assert {("GET", "health"), ("POST", "faults"), ("POST", "jobs/{job_id}/finish")} <= routes
+
+    # The routes read from the code are the ones the server answers (and the probe can tell).
+    def answer(method: str, action: str) -> httpx.Response:
+        path = "/_emulator/" + action.format(job_id="no-such-job")
+        return http.request(method, path, content=b"{}" if method != "GET" else b"")
+
+    def unrouted(response: httpx.Response) -> bool:
+        return response.status_code == 404 and "no admin route" in response.text
+
+    assert unrouted(answer("GET", "no-such-route"))
+    for method, action in sorted(routes):
+        assert not unrouted(answer(method, action)), f"{method} {action} is not served"
+
+    readme = EMULATOR_README.read_text("utf-8")
+    lines = readme.splitlines()
+    for method, action in sorted(routes):
+        path = f"`/_emulator/{action}`"
+        assert any(f"`{method}`" in line and path in line for line in lines), (
+            f"tools/ims_emulator/README.md does not name {method} /_emulator/{action}"
+        )
+    # And every admin route the README's table names is served.
+    table = re.findall(r"^\| `([A-Z]+)` \| `/_emulator/([^`]+)` \|", readme, re.MULTILINE)
+    assert table
+    assert set(table) <= routes
+
+
+def test_the_readme_default_credentials_are_the_config_defaults() -> None:
+    readme = EMULATOR_README.read_text("utf-8")
+    section = readme.split("## Default credentials", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name: None if value == "none" else value.strip("`")
+        for name, value in re.findall(r"^\| `(\w+)` \| (`[^`]*`|none) \|", section, re.MULTILINE)
+    }
+    defaults = EmulatorConfig()
+    credentials = {
+        "ak",
+        "sk",
+        "project_id",
+        "security_token",
+        "auth_token",
+        "iam_user",
+        "iam_password",
+        "iam_domain",
+        "iam_project_name",
+    }
+    assert credentials <= set(documented), f"missing: {sorted(credentials - set(documented))}"
+    for name, value in documented.items():
+        assert name in {f.name for f in dataclasses.fields(EmulatorConfig)}, name
+        assert getattr(defaults, name) == value, f"README says {name} = {value!r}"
+
+
+def test_the_readme_lists_every_command_line_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        ims_emulator.server.main(["--help"])
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out)) - {"--help"}
+    assert "--port" in flags
+    readme = EMULATOR_README.read_text("utf-8")
+    assert not {flag for flag in flags if f"`{flag}`" not in readme}

@@ -533,3 +533,80 @@ def test_checkov_finds_nothing_and_every_skip_says_why(checkov_reports) -> None:
         for check in results["skipped_checks"]:
             reason = (check["check_result"].get("suppress_comment") or "").strip()
             assert len(reason) >= 20, f"{check['check_id']} is skipped without a reason"
+
+
+# --- the IMS emulator ships nowhere ----------------------------------------------------------
+
+# tools/ims_emulator is a test and development tool whose /_emulator/ admin routes need no
+# authentication: no deployable may carry it.
+DEV_ONLY_DIRS = ("tools", "tests")
+
+
+def test_no_module_under_functions_imports_the_emulator() -> None:
+    offenders = []
+    for path in sorted((ROOT / "functions").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(
+                ("import_module", "__import__")
+            ):
+                names = [str(arg.value) for arg in node.args if isinstance(arg, ast.Constant)]
+            if any(name == "ims_emulator" or name.startswith("ims_emulator.") for name in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}")
+    assert not offenders, offenders
+
+
+def test_the_wheel_and_the_sdist_built_from_pyproject_carry_no_emulator(tmp_path: Path) -> None:
+    import tarfile
+    import zipfile
+
+    from hatchling.builders.sdist import SdistBuilder
+    from hatchling.builders.wheel import WheelBuilder
+
+    # Offline, with the build backend pyproject.toml names, into a temporary folder.
+    (wheel,) = WheelBuilder(str(ROOT)).build(directory=str(tmp_path), versions=["standard"])
+    with zipfile.ZipFile(wheel) as archive:
+        files = archive.namelist()
+    assert "wholeimage/ims/client.py" in files
+    assert "wholeimage/_functions/main.py" in files
+    assert not [name for name in files if "ims_emulator" in name or name.startswith("tools/")]
+
+    (sdist,) = SdistBuilder(str(ROOT)).build(directory=str(tmp_path), versions=["standard"])
+    with tarfile.open(sdist) as archive:
+        members = [name.split("/", 1)[1] for name in archive.getnames() if "/" in name]
+    assert "functions/wholeimage/ims/client.py" in members
+    assert not [name for name in members if name.split("/")[0] in DEV_ONLY_DIRS]
+
+
+def test_the_image_copies_nothing_from_tools_or_tests() -> None:
+    sources = []
+    for instruction, arguments in dockerfile_instructions():
+        if instruction not in ("COPY", "ADD"):
+            continue
+        if arguments.startswith("["):
+            words = json.loads(arguments)
+        else:
+            words = [word for word in shlex.split(arguments) if not word.startswith("--")]
+        sources += words[:-1]
+    assert sources
+    for source in sources:
+        top = Path(source).parts[0] if Path(source).parts else "."
+        assert top not in DEV_ONLY_DIRS, f"infra/Dockerfile copies {source}"
+        assert top not in (".", "*"), f"infra/Dockerfile copies the whole context ({source})"
+    # The build context lets neither in: the ignore file is an allow-list, and nothing it lets
+    # back in ("!…") is, or can match, a path under tools/ or tests/.
+    patterns = [
+        line.strip()
+        for line in (INFRA / "Dockerfile.dockerignore").read_text("utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert patterns[0] in ("*", "**")
+    for pattern in patterns:
+        if pattern.startswith("!"):
+            top = pattern[1:].lstrip("/").split("/")[0]
+            assert top not in DEV_ONLY_DIRS, pattern
+            assert not set("*?[") & set(top), f"{pattern} could let tools/ or tests/ in"

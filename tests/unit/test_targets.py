@@ -2,7 +2,7 @@
 
 Answers are driven through ``httpx.MockTransport``: the rendered message is really sent (URL,
 headers, bytes) and the service's answer is classified. Example URLs have the shapes of
-docs/webhooks.md, with made-up credentials.
+docs/webhooks.md §0, with made-up credentials.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A small standalone HTTP server (standard library plus our ``signer``) that speak
 the Image Management Service our functions use, so tests, the demo and the benchmark run without
 a cloud account. It starts in milliseconds and needs no network.
 
-Served routes (shapes per ``ims-api.md``):
+Served routes (shapes per ``docs/ims-api.md``):
 
 =====================================================  ============================================
 ``POST /v1/cloudimages/wholeimages/action``            create, 200 ``{"job_id": "<32 hex>"}``
@@ -290,7 +290,7 @@ class EmulatedJob:
         return "RUNNING", self._percent(now), None
 
     def view(self, now: float, *, old_time_format: bool = False) -> dict[str, Any]:
-        """The job JSON as IMS returns it (ims-api.md §2.1)."""
+        """The job JSON as IMS returns it (docs/ims-api.md §2.1)."""
         status, percent, end = self.state(now)
         entities: dict[str, Any] = {
             "image_name": self.image_name,
@@ -466,7 +466,7 @@ def _parse_create(raw: bytes) -> _CreateSpec:
 
 
 def _parse_password_auth(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """User object, project scope and methods of an IAM password-auth body (§4.1)."""
+    """User object, project scope and methods of an IAM password-auth body (docs/ims-api.md §4.1)."""
     try:
         auth = json.loads(raw)["auth"]
         identity = auth["identity"]

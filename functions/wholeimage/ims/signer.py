@@ -1,6 +1,6 @@
 """AK/SK request signing, ``SDK-HMAC-SHA256``, exactly as ``huaweicloudsdkcore``'s ``Signer`` does it.
 
-Hand-written because the official SDK is not a run-time dependency; ``tests/test_signer.py``
+Hand-written because the official SDK is not a run-time dependency; ``tests/unit/test_signer.py``
 proves it byte-equal to the SDK's signer over generated requests.
 
 The algorithm (docs/ims-api.md §4.2):

@@ -95,7 +95,7 @@ class SqliteJobStore(SqlJobStore[sqlite3.Connection]):
             )
             connection.row_factory = sqlite3.Row
             _enable_wal(connection)
-            # NORMAL is durable against process crashes in WAL mode; FULL costs about 5x.
+            # NORMAL is durable against process crashes in WAL mode; FULL costs 5x (docs/performance.md §7).
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
             self._local.connection = connection
