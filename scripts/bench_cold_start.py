@@ -163,8 +163,7 @@ def hello_cold_start(functions: Path) -> float:
         return time.perf_counter() - started
 
 
-def create_cold_start(ims: ImsEmulator, state: Path) -> float:
-    source = ROOT / "functions" / "main.py"
+def create_cold_start(ims: ImsEmulator, state: Path, source: Path) -> float:
     with served(source, "create", create_env(ims, state)) as (_, url, started):
         until_answered(
             lambda: accepted(httpx.post(url, content=BODY, headers=create_headers(), timeout=10))
@@ -195,9 +194,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=9, help="cold starts of each (default 9)")
     parser.add_argument("--requests", type=int, default=200, help="warm requests (default 200)")
+    parser.add_argument(
+        "--also",
+        type=Path,
+        metavar="MAIN_PY",
+        help="another checkout's functions/main.py, measured interleaved too (before/after)",
+    )
     args = parser.parse_args()
     runtime_python()
-    hello, create = [], []
+    source = ROOT / "functions" / "main.py"
+    hello, create, also = [], [], []
     with (
         ImsEmulator(EmulatorConfig(record_requests=False)) as ims,
         tempfile.TemporaryDirectory() as tmp,
@@ -206,7 +212,9 @@ def main() -> None:
         functions.write_text(FUNCTIONS)
         for run in range(args.runs):
             hello.append(hello_cold_start(functions))
-            create.append(create_cold_start(ims, Path(tmp) / f"cold{run}.db"))
+            create.append(create_cold_start(ims, Path(tmp) / f"cold{run}.db", source))
+            if args.also is not None:
+                also.append(create_cold_start(ims, Path(tmp) / f"also{run}.db", args.also))
         echo_cpu = cpu_per_request(functions, "echo", dict(os.environ), args.requests)
         create_cpu = cpu_per_request(
             ROOT / "functions" / "main.py",
@@ -219,6 +227,10 @@ def main() -> None:
     print(f"  functions-framework one-line function, launch -> first answer: {ms(hello)}")
     print(f"  create, launch -> first accepted POST (202):                  {ms(create)}")
     print(f"  ratio of the medians: {ratio:.2f} (target <= 1.5)")
+    if also:
+        print(
+            f"  {args.also}, the same:  {ms(also)}, ratio {statistics.median(also) / statistics.median(hello):.2f}"
+        )
     print(f"server CPU per warm request, {args.requests} requests each")
     print(f"  functions-framework echo of the same body: {echo_cpu * 1000:.2f} ms")
     print(f"  create (validate, two store writes, one signed IMS call): {create_cpu * 1000:.2f} ms")
