@@ -139,6 +139,7 @@ def test_a_function_process_loads_only_its_own_modules(target: str) -> None:
     ] == []
 
 
+@pytest.mark.slow
 def test_of_the_channels_create_loads_only_the_standard_library_rules_settings_reads() -> None:
     channels = {
         module for module in loaded_by("create") if module.startswith("wholeimage.channels")

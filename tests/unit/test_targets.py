@@ -326,6 +326,7 @@ def test_settings_refuse_every_office_365_connector_form_with_the_teams_targets_
     assert "IncomingWebhook/abc" not in str(unsendable.value)
 
 
+@pytest.mark.slow
 def test_settings_and_results_load_no_service_module_and_no_httpx():
     # The create function loads settings and results; the services are the notifier's.
     program = (
