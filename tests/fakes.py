@@ -40,7 +40,7 @@ class FakeImsClient:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Settings built from arguments only (the documented pydantic-settings test path)."""
+    """Settings built from arguments only: nothing is read from the environment."""
     values: dict[str, Any] = {"project_id": "0123456789abcdef0123456789abcdef"}
     values.update(overrides)
     return Settings(**values)

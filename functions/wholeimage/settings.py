@@ -1,15 +1,22 @@
-"""All settings, from the environment, in one pydantic-settings class read lazily.
+"""All settings, from the environment, in one pydantic class read lazily.
 
 ``get_settings()`` builds them on first use and keeps them for the process; nothing reads the
 environment at import time. A missing or malformed value fails with a ``ConfigurationError``
 naming the environment variable.
+
+The environment is read as pydantic-settings would read it (``WHOLEIMAGE_`` + the field name, or
+the field's own variable names in order, case-insensitively; JSON for ``WHOLEIMAGE_CHANNELS``),
+by ``environment_values``: pydantic-settings itself cost 50-80 ms of every cold start
+(docs/performance.md §2.1), and it stays the referee in tests/unit/test_settings.py.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import os
+from collections.abc import Mapping
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,7 +29,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 # Only channel modules without third-party imports: the create function loads settings, and
 # must not load a chat service, httpx or the registry.
@@ -99,12 +105,17 @@ def _webhook_filter(value: str) -> frozenset[str]:
     return verdicts
 
 
-class Settings(BaseSettings):
-    """wholeimage's settings; the README has the table of variables."""
+ENV_PREFIX = "WHOLEIMAGE_"
 
-    model_config = SettingsConfigDict(
-        env_prefix="WHOLEIMAGE_", extra="ignore", populate_by_name=True
-    )
+
+class Settings(BaseModel):
+    """wholeimage's settings; the README has the table of variables.
+
+    ``Settings(field=value, ...)`` builds them from arguments alone (tests); ``load_settings``
+    from the environment.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     # Where IMS is.
     ims_endpoint: str | None = None
@@ -244,37 +255,65 @@ class Settings(BaseSettings):
         )
 
 
+# Fields whose variable holds JSON, as pydantic-settings decodes "complex" fields.
+_JSON_FIELDS = frozenset({"channels"})
+
+
+def variable_names(field_name: str) -> tuple[str, ...]:
+    """The environment variables of a field, in the order they are looked up."""
+    alias = Settings.model_fields[field_name].validation_alias
+    if isinstance(alias, str):
+        return (alias,)
+    if isinstance(alias, AliasChoices):
+        return tuple(str(choice) for choice in alias.choices)
+    return (ENV_PREFIX + field_name.upper(),)
+
+
 def _field_named(loc: str) -> str | None:
-    """The field an error location stands for: pydantic reports an aliased field by its alias."""
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        aliases = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else [alias]
-        if loc == name or loc in aliases:
+    """The field an error location stands for (by name, or by one of its variable names)."""
+    for name in Settings.model_fields:
+        if loc == name or loc in variable_names(name):
             return name
     return None
 
 
 def _variable_name(field_name: str) -> str:
-    field = Settings.model_fields[field_name]
-    alias = field.validation_alias
-    if isinstance(alias, str):
-        return alias
-    if isinstance(alias, AliasChoices):
-        return " or ".join(str(choice) for choice in alias.choices)
-    return "WHOLEIMAGE_" + field_name.upper()
+    return " or ".join(variable_names(field_name))
 
 
-def load_settings() -> Settings:
-    """Read the settings from the environment now, translating errors to variable names."""
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each field's value as the environment gives it: the first of its variables that is set,
+    matched without regard to case, JSON-decoded for the JSON fields.
+
+    Raises:
+        ConfigurationError: a JSON variable does not parse (its text, which may hold webhook
+            URLs and secrets, is not quoted).
+    """
+    by_lower_name = {name.lower(): value for name, value in environ.items()}
+    values: dict[str, Any] = {}
+    for field_name in Settings.model_fields:
+        for variable in variable_names(field_name):
+            if variable.lower() not in by_lower_name:
+                continue
+            value: Any = by_lower_name[variable.lower()]
+            if field_name in _JSON_FIELDS:
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"invalid settings: {_variable_name(field_name)}: not valid JSON"
+                    ) from None
+            values[field_name] = value
+            break
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from the environment (``os.environ`` unless given) now, translating
+    errors to variable names."""
+    values = environment_values(os.environ if environ is None else environ)
     try:
-        settings = Settings()
-    except SettingsError as exc:
-        # A JSON variable (WHOLEIMAGE_CHANNELS) that does not parse. Its text holds webhook URLs
-        # and secrets, so the JSON error (which quotes the whole document) is not chained.
-        found = re.search(r'field "(\w+)"', str(exc))
-        field_name = found.group(1) if found else ""
-        name = _variable_name(field_name) if field_name in Settings.model_fields else "a variable"
-        raise ConfigurationError(f"invalid settings: {name}: not valid JSON") from None
+        return Settings.model_validate(values)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -284,7 +323,6 @@ def load_settings() -> Settings:
             # error["msg"] never holds the offending value; "input" might, so it is left out.
             problems.append(f"{name}: {error['msg']}")
         raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
-    return settings
 
 
 @cache

@@ -29,11 +29,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from hcl2 import SerializationOptions
-from pydantic import AliasChoices
 
 from ims_emulator import EmulatorConfig, ImsEmulator
 from tests.system.test_served import SERVE_COMMAND, free_port, function_env, serve
-from wholeimage.settings import Settings
+from wholeimage.settings import Settings, variable_names
 from wholeimage.validation import SCHEMA_DIR_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,15 +152,8 @@ def shell_command(argv: list[str]) -> list[str]:
 def known_settings() -> set[str]:
     """Every environment variable wholeimage reads: Settings' names and aliases, and the schema dir."""
     names = {SCHEMA_DIR_VARIABLE}
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {str(choice) for choice in alias.choices}
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(prefix + field_name.upper())
+    for field_name in Settings.model_fields:
+        names |= set(variable_names(field_name))
     return names
 
 
