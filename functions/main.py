@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 
 # wholeimage uses no pydantic plugin, and looking for them reads the metadata of every installed
-# distribution when the first model is built: 50-80 ms of every cold start, as measured in
-# docs/performance.md §2.1. An operator who wants plugins sets the variable (to anything else).
+# distribution when the first model is built: 10-20 ms of every cold start with requirements.txt
+# alone, more beside other packages (docs/performance.md §2.1). An operator who wants plugins sets
+# the variable (to anything else).
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import functions_framework
