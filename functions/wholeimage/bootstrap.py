@@ -43,11 +43,12 @@ class Dependencies:
 
     settings: Settings
     store: JobStore
-    connection: ImsConnection | None = None
-    ims: ImsClient | None = None
-    poller: JobPoller | None = None
-    channels: list[Channel] | None = None
-    webhooks: httpx.Client | None = None
+    # The ports hold credentials (an IAM password, webhook URLs): never in a repr.
+    connection: ImsConnection | None = field(default=None, repr=False)
+    ims: ImsClient | None = field(default=None, repr=False)
+    poller: JobPoller | None = field(default=None, repr=False)
+    channels: list[Channel] | None = field(default=None, repr=False)
+    webhooks: httpx.Client | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def once(self, port: str, build: Callable[[], Port]) -> Port:

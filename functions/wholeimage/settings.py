@@ -7,7 +7,7 @@ naming the environment variable.
 The environment is read as pydantic-settings would read it (``WHOLEIMAGE_`` + the field name, or
 the field's own variable names in order, case-insensitively; JSON for ``WHOLEIMAGE_CHANNELS``),
 by ``environment_values``: pydantic-settings itself cost 50-80 ms of every cold start
-(docs/performance.md §2.1), and it stays the referee in tests/unit/test_settings.py.
+(docs/performance.md §2.1), and it stays the referee in tests/unit/test_settings_referee.py.
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ _JSON_FIELDS = frozenset({"channels"})
 
 
 def variable_names(field_name: str) -> tuple[str, ...]:
-    """The environment variables of a field, in the order they are looked up."""
+    """The documented environment variables of a field, in the order they are looked up."""
     alias = Settings.model_fields[field_name].validation_alias
     if isinstance(alias, str):
         return (alias,)
@@ -269,10 +269,18 @@ def variable_names(field_name: str) -> tuple[str, ...]:
     return (ENV_PREFIX + field_name.upper(),)
 
 
+def _lookup_names(field_name: str) -> tuple[str, ...]:
+    """What is looked up: the documented names, then (as pydantic-settings did with
+    ``populate_by_name``) ``WHOLEIMAGE_`` + the field name for a field with names of its own."""
+    documented = variable_names(field_name)
+    prefixed = ENV_PREFIX + field_name.upper()
+    return documented if prefixed in documented else (*documented, prefixed)
+
+
 def _field_named(loc: str) -> str | None:
     """The field an error location stands for (by name, or by one of its variable names)."""
     for name in Settings.model_fields:
-        if loc == name or loc in variable_names(name):
+        if loc == name or loc in _lookup_names(name):
             return name
     return None
 
@@ -292,7 +300,7 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
     by_lower_name = {name.lower(): value for name, value in environ.items()}
     values: dict[str, Any] = {}
     for field_name in Settings.model_fields:
-        for variable in variable_names(field_name):
+        for variable in _lookup_names(field_name):
             if variable.lower() not in by_lower_name:
                 continue
             value: Any = by_lower_name[variable.lower()]
@@ -303,6 +311,8 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
                     raise ConfigurationError(
                         f"invalid settings: {_variable_name(field_name)}: not valid JSON"
                     ) from None
+                if value is None:
+                    break  # JSON null: not set, the default stands (as pydantic-settings read it)
             values[field_name] = value
             break
     return values

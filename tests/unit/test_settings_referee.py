@@ -16,11 +16,11 @@ from contextlib import contextmanager
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from wholeimage.errors import ConfigurationError
-from wholeimage.settings import ENV_PREFIX, Settings, load_settings, variable_names
+from wholeimage.settings import ENV_PREFIX, Settings, load_settings
 
 
 class ReferenceSettings(Settings, BaseSettings):
@@ -29,7 +29,21 @@ class ReferenceSettings(Settings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
 
 
-VARIABLES = sorted({name for field in Settings.model_fields for name in variable_names(field)})
+# Built apart from the loader under test: every field's prefixed name, and every alias it declares.
+VARIABLES = sorted(
+    {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    | {
+        str(choice)
+        for info in Settings.model_fields.values()
+        for choice in (
+            info.validation_alias.choices
+            if isinstance(info.validation_alias, AliasChoices)
+            else [info.validation_alias]
+            if info.validation_alias
+            else []
+        )
+    }
+)
 SLACK = "https://hooks.slack.com/services/T0/B0/XXXX"
 VALUES = [
     "",
@@ -64,6 +78,7 @@ VALUES = [
     "[]",
     "{}",
     "not json",
+    "null",
     f'[{{"name": "ops", "url": "{SLACK}"}}]',
     f'[{{"name": "ops", "url": "{SLACK}", "on": "failures"}}, {{"name": "Bad Name", "url": "x"}}]',
 ]
@@ -126,6 +141,14 @@ def test_any_environment_gives_the_settings_pydantic_settings_gives(values):
         ),
         pytest.param({"wholeimage_check_concurrency": "4"}, id="lower-case-name"),
         pytest.param({"WHOLEIMAGE_CHANNELS": f'[{{"name": "ops", "url": "{SLACK}"}}]'}, id="json"),
+        pytest.param({"WHOLEIMAGE_CHANNELS": "null"}, id="json-null"),
+        pytest.param(
+            {"WHOLEIMAGE_ACCESS_KEY": "AK", "WHOLEIMAGE_SECRET_KEY": "SK"}, id="field-name-fallback"
+        ),
+        pytest.param(
+            {"HUAWEICLOUD_SDK_AK": "official", "WHOLEIMAGE_ACCESS_KEY": "fallback"},
+            id="documented-name-before-fallback",
+        ),
     ],
 )
 def test_the_documented_shapes_agree(values):

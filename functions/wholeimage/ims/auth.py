@@ -141,7 +141,7 @@ class IamPasswordAuth(httpx.Auth):
 
     iam_endpoint: str
     user: str
-    password: str
+    password: str = field(repr=False)
     domain: str
     project_id: str
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
