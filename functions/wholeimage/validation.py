@@ -37,33 +37,6 @@ _PLAIN_MEMBER = re.compile("^[a-zA-Z][a-zA-Z0-9_]*$")
 _lock = threading.Lock()
 
 
-def decode_json(data: bytes, *, where: str = "$", source: str = "the body") -> Any:
-    """Decode one JSON document (a request body, a file), or say precisely why not.
-
-    ``where`` is the JSON path the details name, ``source`` what the message calls the document.
-
-    Raises:
-        RequestInvalidError: empty, not UTF-8, or not JSON.
-    """
-    if not data.strip():
-        raise RequestInvalidError(
-            f"{source} is empty", details=[{"path": where, "message": "a JSON object is required"}]
-        )
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError:
-        raise RequestInvalidError(
-            f"{source} is not UTF-8", details=[{"path": where, "message": "not valid UTF-8"}]
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise RequestInvalidError(
-            f"{source} is not valid JSON",
-            details=[
-                {"path": where, "message": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}
-            ],
-        ) from None
-
-
 def schema_dir() -> Path:
     """Where the schemas are: ``$WHOLEIMAGE_SCHEMA_DIR``, the package's own ``schemas/``, the
     repo's ``schemas/``, or ``functions/schemas``.

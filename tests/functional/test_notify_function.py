@@ -51,7 +51,7 @@ from wholeimage import notify
 from wholeimage.bootstrap import Dependencies, set_dependencies
 from wholeimage.logs import REDACTED, JsonFormatter, configure_logging, redact
 from wholeimage.notify import ChannelLimiters, notifications_for
-from wholeimage.service.delivery import deliver_now
+from wholeimage.service.outbox import deliver_now
 from wholeimage.service.tick import tick
 from wholeimage.store.records import JobStore
 

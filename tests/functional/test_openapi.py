@@ -1,7 +1,7 @@
 """``openapi/openapi.json``: a valid OpenAPI 3.1 document whose bodies are the files of ``schemas/``,
 and real answers of the three functions that match what it documents for their status.
 
-The functions are driven in-process through ``wholeimage.serve.build_app`` (the three
+The functions are driven in-process through ``wholeimage.cli.serve.build_app`` (the three
 functions-framework apps at ``/create``, ``/check`` and ``/notify``, the paths the document
 names), with a real SQLite store and either the IMS emulator or a scripted fake IMS.
 """

@@ -90,7 +90,13 @@ NOT_LOADED = {
         "psycopg",
         "h11",
     ],
-    "check": ["wholeimage.cli", "wholeimage.create", "psycopg"],
+    "check": [
+        "wholeimage.cli",
+        "wholeimage.create",
+        "wholeimage.validation",
+        "jsonschema",
+        "psycopg",
+    ],
     "notify": [
         "wholeimage.cli",
         "wholeimage.check",

@@ -47,12 +47,12 @@ from wholeimage.errors import (
     UpstreamUnavailableError,
     WholeImageError,
 )
+from wholeimage.jsonbody import decode_json
 from wholeimage.logs import redact
 from wholeimage.models import OUTSTANDING, Job, JobStatus
 from wholeimage.service.delivery import Redrive, dead_letters, deliver
 from wholeimage.service.jobs import create_request, find_by_any_id, list_jobs, submit
 from wholeimage.service.tick import TickReport, tick
-from wholeimage.validation import decode_json
 
 if TYPE_CHECKING:
     import argparse
@@ -470,7 +470,10 @@ def notify_command(args: argparse.Namespace, output: Output) -> int:
             text += "\n\nre-drive them: wholeimage notify --redrive all (or --redrive ID,ID)"
         output.answer([row.as_json() for row in dead], text)
         return EXIT_OK
-    report = deliver(deps, redrive=Redrive.parse(args.redrive))
+    redrive = Redrive.parse(args.redrive)
+    if args.redrive is not None and redrive is None:
+        redrive = Redrive(ids=())  # --redrive "": re-drive nothing, and say so (0)
+    report = deliver(deps, redrive=redrive)
     summary = report.summary
     rows: list[tuple[str, object]] = [
         ("redriven", report.redriven),

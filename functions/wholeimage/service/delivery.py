@@ -1,49 +1,23 @@
-"""Delivering verdicts to chat and signed webhooks: what the ``notify`` function and the CLI's
-``notify`` run, and what ``check`` runs after a tick."""
+"""What the ``notify`` function and the CLI's ``notify`` run: re-drive dead letters, queue a job
+result handed in from outside (validated first), list dead letters, then deliver the outbox
+(``wholeimage.service.outbox``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-
-import httpx
 
 from wholeimage.bootstrap import Dependencies
 from wholeimage.errors import RequestInvalidError
-from wholeimage.httputil import USER_AGENT, shared_ssl_context
-from wholeimage.logs import register_secrets
-from wholeimage.notify import NotifyConfig, NotifySummary, deliver_pending, notifications_for
-from wholeimage.results import Channel, JobResult
+from wholeimage.notify import NotifySummary, notifications_for
+from wholeimage.results import JobResult
+from wholeimage.service.outbox import channels, deliver_now
 from wholeimage.store.records import Notification
 from wholeimage.validation import JOB_RESULT_SCHEMA, validate
 
 MAX_DEAD_LETTERS = 1000
 DEFAULT_DEAD_LETTERS = 100
-
-
-def channels(deps: Dependencies) -> list[Channel]:
-    """The notification channels (configuration only), checked on first use."""
-
-    def build() -> list[Channel]:
-        configured = deps.settings.notification_channels()
-        register_secrets(deps.settings.secret_values())
-        return configured
-
-    return deps.once("channels", build)
-
-
-def webhook_http(deps: Dependencies) -> httpx.Client:
-    """The client that posts to webhooks: no redirects (they would be misconfiguration)."""
-    return deps.once(
-        "webhooks",
-        lambda: httpx.Client(
-            timeout=httpx.Timeout(15.0, connect=5.0),
-            verify=shared_ssl_context(),
-            follow_redirects=False,
-            headers={"User-Agent": f"{USER_AGENT} (wholeimage notifier)"},
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -139,27 +113,13 @@ def dead_letter_limit(text: str | None) -> int:
 
 
 def dead_letters(deps: Dependencies, *, limit: int = DEFAULT_DEAD_LETTERS) -> list[DeadLetter]:
-    """The dead letters, oldest first, at most ``limit``."""
+    """The dead letters, the latest to die first, at most ``limit``."""
     return [DeadLetter.of(row) for row in deps.store.dead_letters(limit=limit)]
 
 
 def outbox_counts(deps: Dependencies) -> dict[str, int]:
     """How many outbox rows are in each state."""
     return deps.store.notification_counts()
-
-
-def deliver_now(deps: Dependencies, *, time_budget: float | None = None) -> NotifySummary:
-    """Deliver what the outbox holds, with the configured channels."""
-    settings = deps.settings
-    budget = time_budget if time_budget is not None else settings.notify_time_budget
-    config = NotifyConfig(
-        max_age=timedelta(seconds=settings.notify_max_age),
-        time_budget=budget,
-        lease=timedelta(seconds=budget + 60),
-    )
-    return deliver_pending(
-        store=deps.store, channels=channels(deps), http=webhook_http(deps), config=config
-    )
 
 
 def deliver(

@@ -12,7 +12,7 @@ from wholeimage.ims.poller import JobPoller, job_poller
 from wholeimage.notify import NotifySummary, outbox_for
 from wholeimage.poll_backoff import PollBackoff
 from wholeimage.results import console_url
-from wholeimage.service.delivery import channels, deliver_now
+from wholeimage.service.outbox import channels, deliver_now
 from wholeimage.service.ports import ims_connection
 from wholeimage.settings import Settings
 

@@ -29,7 +29,7 @@ from wholeimage.idempotency import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     clean_idempotency_key,
 )
-from wholeimage.validation import decode_json
+from wholeimage.jsonbody import decode_json
 
 log = logging.getLogger("wholeimage.web")
 
