@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from wholeimage.ims.poller import PollResult
 from wholeimage.models import ENDED, Job, JobStatus
 from wholeimage.poll_backoff import PollBackoff
 from wholeimage.store.records import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
     from wholeimage.ims.job_report import JobReport
-    from wholeimage.ims.poller import JobPoller, PollClient, PollResult
+    from wholeimage.ims.poller import JobPoller, PollClient
 
 log = logging.getLogger("wholeimage.check")
 
@@ -41,6 +42,7 @@ NOT_FOUND_GRACE = timedelta(minutes=2)
 # Past its deadline, a job whose queries keep failing ends after this much more time.
 UNREACHABLE_GRACE = timedelta(minutes=30)
 JOB_NOT_FOUND_CODE = "WHOLEIMAGE.JOB_NOT_FOUND"
+UNPOLLABLE_CODE = "WHOLEIMAGE.UNPOLLABLE_JOB_ID"
 TIMED_OUT_CODE = "WHOLEIMAGE.TIMED_OUT"
 
 
@@ -161,7 +163,18 @@ def _after_failed_query(
     next_poll: datetime,
     config: CheckConfig,
 ) -> PollUpdate:
-    """IMS gave no report: the job is lost, unreachable for too long, or polled again later."""
+    """IMS gave no report: the job is lost, cannot be asked about, unreachable for too long, or
+    polled again later."""
+    if result.outcome == "unpollable":
+        # No query can ever be made for it: end it with its own code, so chat hears of it and
+        # the other jobs of the tick go on.
+        return PollUpdate.end(
+            job,
+            status=JobStatus.FAIL,
+            at=now,
+            error_code=UNPOLLABLE_CODE,
+            fail_reason=f"the recorded IMS job id cannot be queried safely ({result.detail})",
+        )
     if result.outcome == "not_found" and now - submitted_at >= NOT_FOUND_GRACE:
         return PollUpdate.end(
             job,
@@ -233,7 +246,9 @@ class _Tick:
         finally:
             for _ in workers:
                 self.queue.put_nowait(None)
-            await asyncio.gather(*workers, return_exceptions=True)
+            for ended in await asyncio.gather(*workers, return_exceptions=True):
+                if isinstance(ended, BaseException):  # a bug: the other workers took its jobs
+                    log.error("a poll worker died", exc_info=ended)
             self.flush()
 
     async def worker(self) -> None:
@@ -262,10 +277,14 @@ class _Tick:
                 max_wait=self.stop_claiming_at - self.monotonic(),
             )
         except Exception as exc:
-            # A bug must not spin the tick: hand the job back, stop, and say why.
+            # One job's failure is contained to that job: it is polled again later, as after a
+            # transient failure (and times out at its deadline), while the others go on.
             log.exception("poll failed unexpectedly", extra={"request_id": job.request_id})
-            self.updates.append(PollUpdate.release(job, at=self.now()))
-            self.stop(f"unexpected error while polling: {type(exc).__name__}")
+            result = PollResult("transient", detail=f"internal error: {type(exc).__name__}")
+            self.summary.errors["internal"] += 1
+            self.updates.append(
+                decide(job, result, now=self.now(), config=self.config, rng=self.rng)
+            )
             return
         if result.outcome == "not_sent":
             # Throttled past this tick's budget: the next tick has it, due as before.

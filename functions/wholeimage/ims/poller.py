@@ -18,9 +18,11 @@ which says why), all sharing one SSL context; any client with ``get(path)`` and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -35,8 +37,13 @@ if TYPE_CHECKING:
     from wholeimage.settings import Settings
 
 PollOutcome = Literal[
-    "report", "not_found", "throttled", "transient", "auth", "rejected", "not_sent"
+    "report", "not_found", "throttled", "transient", "auth", "rejected", "not_sent", "unpollable"
 ]
+
+# What an IMS job id may be before it goes into a path: IMS's are 32 hex characters; anything
+# with a space, a control or non-ASCII character, "/", "?", "%" or a leading dot could break the
+# signature or name another path, so it is never sent (docs/ims-api.md §1.5).
+PLAIN_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,12 @@ class JobPoller:
         self, client: PollClient, job_id: str, *, max_wait: float = float("inf")
     ) -> PollResult:
         """Query one job once and classify the answer; wait for the limiter at most ``max_wait`` s."""
+        if not PLAIN_JOB_ID.fullmatch(job_id):
+            return PollResult("unpollable", detail="the IMS job id is not a plain token")
         if not await self.limiter.acquire(max_wait):
             return PollResult("not_sent", detail="rate limited past the time budget")
         try:
-            response = await client.get(f"/v1/{self._project_id}/jobs/{job_id}")
+            response = await client.get(f"/v1/{self._project_id}/jobs/{quote(job_id, safe='')}")
         except httpx.TransportError as exc:
             return PollResult("transient", detail=type(exc).__name__)
         return self._classify(response)
