@@ -28,6 +28,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from wholeimage.logs import redact
+
 
 class WholeImageError(Exception):
     """Base of every error wholeimage raises on purpose."""
@@ -57,15 +59,25 @@ class WholeImageError(Exception):
         return {}
 
     def body(self) -> dict[str, Any]:
-        """The JSON error body ``{"error": {"code", "message", "details", ...}}``."""
+        """The JSON error body ``{"error": {"code", "message", "details", ...}}``.
+
+        Every text in it goes through the log redaction first: an upstream service (IMS, its
+        gateway, IAM) may quote our request back, credentials included.
+        """
         error: dict[str, Any] = {
             "code": self.code,
-            "message": self.message,
-            "details": self.details,
+            "message": redact(self.message),
+            "details": [_redacted(detail) for detail in self.details],
         }
         if self.upstream is not None:
-            error["upstream"] = self.upstream
+            error["upstream"] = _redacted(self.upstream)
         return {"error": error}
+
+
+def _redacted(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: redact(value) if isinstance(value, str) else value for key, value in values.items()
+    }
 
 
 class ConfigurationError(WholeImageError):

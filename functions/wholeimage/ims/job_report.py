@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from wholeimage.logs import redact
 from wholeimage.models import JobStatus
 
 IMS_STATUSES = {
@@ -66,11 +67,22 @@ def parse_ims_time(value: Any) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+# IMS's failure text is kept, stored and shown in chat at most this long, redacted like a log line.
+MAX_FAIL_REASON = 1000
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _upstream_text(value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    return redact(text)[:MAX_FAIL_REASON]
 
 
 def _percent(value: Any) -> float | None:
@@ -109,6 +121,6 @@ def parse_job_report(payload: dict[str, Any]) -> JobReport:
         raw_status=raw_status,
         image_id=_text(entities.get("image_id")),
         process_percent=_percent(entities.get("process_percent")),
-        error_code=_text(payload.get("error_code")),
-        fail_reason=_text(payload.get("fail_reason")),
+        error_code=_upstream_text(payload.get("error_code")),
+        fail_reason=_upstream_text(payload.get("fail_reason")),
     )
