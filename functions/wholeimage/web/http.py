@@ -124,6 +124,34 @@ def _header_idempotency_key(request: Request) -> str | None:
     return cleaned
 
 
+# The CloudEvents 1.0 spec requires these attributes, each a non-empty string ("Type: String",
+# "MUST be a non-empty string"): https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md
+_REQUIRED_ATTRIBUTES = ("id", "source", "type")
+
+
+def _is_structured(request: Request) -> bool:
+    content_type = request.headers.get("Content-Type", "")
+    return content_type.split(";", 1)[0].strip().lower() == "application/cloudevents+json"
+
+
+def _check_required_attributes(event: Any, *, structured: bool) -> None:
+    """Refuse, naming each, the required attributes that are missing, empty or not strings.
+
+    Raises:
+        RequestInvalidError: one detail per such attribute (``$.id``, or ``header:ce-id``).
+    """
+    problems = [
+        {
+            "path": f"$.{name}" if structured else f"header:ce-{name}",
+            "message": "required: a non-empty string (CloudEvents 1.0)",
+        }
+        for name in _REQUIRED_ATTRIBUTES
+        if not isinstance(event.get(name), str) or not event.get(name)
+    ]
+    if problems:
+        raise RequestInvalidError("the CloudEvent lacks a required attribute", details=problems)
+
+
 def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
     try:
         event = from_http(dict(request.headers), data)
@@ -134,6 +162,7 @@ def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
         raise RequestInvalidError(
             "the CloudEvent is malformed", details=[{"path": "$", "message": str(exc)[:300]}]
         ) from None
+    _check_required_attributes(event, structured=_is_structured(request))
     payload = event.get_data()
     if isinstance(payload, bytes | bytearray | str):
         raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
