@@ -24,6 +24,7 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from referencing import Registry, Resource
 
 from wholeimage.errors import ConfigurationError, RequestInvalidError
+from wholeimage.jsonbody import member_path
 
 SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
 CREATE_REQUEST_SCHEMA = "create-request.schema.json"
@@ -32,8 +33,6 @@ JOB_RESULT_SCHEMA = "job-result.schema.json"
 ERROR_MESSAGE_KEYWORD = "x-error-message"
 
 # Members that ValidationError.json_path writes as ".name" rather than "['name']".
-_PLAIN_MEMBER = re.compile("^[a-zA-Z][a-zA-Z0-9_]*$")
-
 _lock = threading.Lock()
 
 
@@ -115,16 +114,6 @@ def validator_for(schema_name: str) -> Draft202012Validator:
         )
 
 
-def _member_path(base: str, member: str | int) -> str:
-    """``base`` extended by one member, spelt as ``ValidationError.json_path`` spells it."""
-    if isinstance(member, int):
-        return f"{base}[{member}]"
-    if _PLAIN_MEMBER.match(member):
-        return f"{base}.{member}"
-    escaped = member.replace("\\", "\\\\").replace("'", "\\'")
-    return f"{base}['{escaped}']"
-
-
 def _custom_message(error: ValidationError) -> str | None:
     """The schema's own ``x-error-message`` for ``error``, if the failing subschema has one.
 
@@ -204,7 +193,7 @@ def _describe(error: ValidationError) -> list[dict[str, str]]:
         # The library reports a missing member at its parent ("$"); naming the member itself
         # tells the caller which field to add. One error per missing member, hence the dedupe.
         return [
-            {"path": _member_path(error.json_path, name), "message": custom or "is required"}
+            {"path": member_path(error.json_path, name), "message": custom or "is required"}
             for name in error.validator_value
             if name not in instance
         ]
@@ -219,7 +208,7 @@ def _describe(error: ValidationError) -> list[dict[str, str]]:
         expected = ", ".join(sorted(known))
         return [
             {
-                "path": _member_path(error.json_path, name),
+                "path": member_path(error.json_path, name),
                 "message": custom or f"is not a known field; the fields are {expected}",
             }
             for name in instance
@@ -247,7 +236,7 @@ def _tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         for index, tag in enumerate(tags):
             if isinstance(tag, str):
                 # "key.value": the first dot separates, and a tag without a dot is all key.
-                yield _member_path("$.tags", index), tag.partition(".")[0]
+                yield member_path("$.tags", index), tag.partition(".")[0]
 
 
 def _image_tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -255,7 +244,7 @@ def _image_tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     if isinstance(image_tags, list):
         for index, tag in enumerate(image_tags):
             if isinstance(tag, Mapping) and isinstance(tag.get("key"), str):
-                yield _member_path(_member_path("$.image_tags", index), "key"), tag["key"]
+                yield member_path(member_path("$.image_tags", index), "key"), tag["key"]
 
 
 def _as_integer(validator: Draft202012Validator, value: object) -> int | None:

@@ -1,0 +1,69 @@
+"""Poison bodies through the served ``create`` and ``notify`` functions: a lone surrogate, deep
+nesting or a 5,000-digit integer is a 400 naming where, and leaves nothing behind (part of
+issue 9, item 3). Before, each was a 500, and a stored surrogate made its key answer 500 for good."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from functions_framework import create_app
+
+from tests.fakes import FakeImsClient, make_dependencies
+from wholeimage.bootstrap import Dependencies, set_dependencies
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = str(ROOT / "functions" / "main.py")
+INSTANCE = "877a2cda-ba63-4e1e-b95f-e67e48b6129a"
+
+
+@pytest.fixture
+def ims() -> FakeImsClient:
+    return FakeImsClient()
+
+
+@pytest.fixture
+def deps(tmp_path: Path, ims: FakeImsClient) -> Iterator[Dependencies]:
+    dependencies = make_dependencies(tmp_path, ims)
+    set_dependencies(dependencies)
+    yield dependencies
+    set_dependencies(None)
+    dependencies.store.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        pytest.param(
+            f'{{"name": "web01", "instance_id": "{INSTANCE}", "description": "\\ud800"}}',
+            "$.description",
+            id="surrogate-description",
+        ),
+        pytest.param(
+            f'{{"name": "web01", "instance_id": "{INSTANCE}", '
+            '"image_tags": [{"key": "k", "value": "\\udc00"}]}',
+            "$.image_tags[0].value",
+            id="surrogate-tag-value",
+        ),
+        pytest.param("[" * 2000 + "]" * 2000, "$", id="deep-nesting"),
+        pytest.param('{"min_ram": ' + "9" * 5000 + "}", "$", id="huge-integer"),
+    ],
+)
+@pytest.mark.parametrize("target", ["create", "notify"])
+def test_a_poison_body_is_a_400_naming_where_and_changes_nothing(deps, ims, target, body, path):
+    client = create_app(target, MAIN).test_client()
+
+    answer = client.post(
+        "/",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Idempotency-Key": "k1"},
+    )
+
+    assert answer.status_code == 400
+    error = answer.get_json()["error"]
+    assert error["code"] == "invalid_request"
+    assert path in [detail["path"] for detail in error["details"]]
+    assert ims.submitted == []
+    assert deps.store.list_jobs(statuses=None, since=None, limit=10) == []
+    assert deps.store.notification_counts() == {}
