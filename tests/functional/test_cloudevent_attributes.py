@@ -5,7 +5,6 @@ nothing (part of issue 9, item 3). The SDK's ``from_http`` itself accepts an emp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
-from tests.fakes import FakeImsClient, make_dependencies
-from wholeimage.bootstrap import Dependencies, set_dependencies
+from wholeimage.bootstrap import Dependencies
 
 ROOT = Path(__file__).resolve().parents[2]
 ECS_BODY = {"name": "web01-full", "instance_id": "877a2cda-ba63-4e1e-b95f-e67e48b6129a"}
@@ -22,21 +20,7 @@ GOOD = {"specversion": "1.0", "id": "evt-1", "source": "//ci/pipeline", "type": 
 
 
 @pytest.fixture
-def ims() -> FakeImsClient:
-    return FakeImsClient()
-
-
-@pytest.fixture
-def deps(tmp_path: Path, ims: FakeImsClient) -> Iterator[Dependencies]:
-    dependencies = make_dependencies(tmp_path, ims)
-    set_dependencies(dependencies)
-    yield dependencies
-    set_dependencies(None)
-    dependencies.store.close()
-
-
-@pytest.fixture
-def client(deps: Dependencies):
+def client(fake_deps: Dependencies):
     return create_app("create", str(ROOT / "functions" / "main.py")).test_client()
 
 
@@ -60,7 +44,7 @@ def structured(client: FlaskClient, **attributes: Any) -> Any:
     ],
 )
 def test_a_structured_event_without_its_required_attributes_is_refused_naming_each(
-    client, ims, deps, attributes, paths
+    client, fake_ims, fake_deps, attributes, paths
 ):
     answer = structured(client, **attributes)
 
@@ -68,11 +52,11 @@ def test_a_structured_event_without_its_required_attributes_is_refused_naming_ea
     error = answer.get_json()["error"]
     assert error["code"] == "invalid_request"
     assert [detail["path"] for detail in error["details"]] == paths
-    assert ims.submitted == []
-    assert deps.store.list_jobs(statuses=None, since=None, limit=10) == []
+    assert fake_ims.submitted == []
+    assert fake_deps.store.list_jobs(statuses=None, since=None, limit=10) == []
 
 
-def test_a_binary_event_with_an_empty_id_header_is_refused_naming_the_header(client, ims):
+def test_a_binary_event_with_an_empty_id_header_is_refused_naming_the_header(client, fake_ims):
     answer = client.post(
         "/",
         data=json.dumps(ECS_BODY),
@@ -87,11 +71,11 @@ def test_a_binary_event_with_an_empty_id_header_is_refused_naming_the_header(cli
 
     assert answer.status_code == 400
     assert [d["path"] for d in answer.get_json()["error"]["details"]] == ["header:ce-id"]
-    assert ims.submitted == []
+    assert fake_ims.submitted == []
 
 
-def test_a_well_formed_event_is_still_accepted(client, ims):
+def test_a_well_formed_event_is_still_accepted(client, fake_ims):
     answer = structured(client)
 
     assert answer.status_code == 202
-    assert len(ims.submitted) == 1
+    assert len(fake_ims.submitted) == 1

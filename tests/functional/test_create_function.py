@@ -35,18 +35,15 @@ BACKUP_BODY = {
 }
 
 
+# The shared fixtures (tests/functional/conftest.py), by the short names these tests use.
 @pytest.fixture
-def ims() -> FakeImsClient:
-    return FakeImsClient()
+def ims(fake_ims: FakeImsClient) -> FakeImsClient:
+    return fake_ims
 
 
 @pytest.fixture
-def deps(tmp_path: Path, ims: FakeImsClient) -> Iterator[Dependencies]:
-    dependencies = make_dependencies(tmp_path, ims)
-    set_dependencies(dependencies)
-    yield dependencies
-    set_dependencies(None)
-    dependencies.store.close()
+def deps(fake_deps: Dependencies) -> Dependencies:
+    return fake_deps
 
 
 @pytest.fixture

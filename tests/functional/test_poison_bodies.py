@@ -4,32 +4,14 @@ issue 9, item 3). Before, each was a 500, and a stored surrogate made its key an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from functions_framework import create_app
 
-from tests.fakes import FakeImsClient, make_dependencies
-from wholeimage.bootstrap import Dependencies, set_dependencies
-
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "functions" / "main.py")
 INSTANCE = "877a2cda-ba63-4e1e-b95f-e67e48b6129a"
-
-
-@pytest.fixture
-def ims() -> FakeImsClient:
-    return FakeImsClient()
-
-
-@pytest.fixture
-def deps(tmp_path: Path, ims: FakeImsClient) -> Iterator[Dependencies]:
-    dependencies = make_dependencies(tmp_path, ims)
-    set_dependencies(dependencies)
-    yield dependencies
-    set_dependencies(None)
-    dependencies.store.close()
 
 
 @pytest.mark.parametrize(
@@ -51,7 +33,9 @@ def deps(tmp_path: Path, ims: FakeImsClient) -> Iterator[Dependencies]:
     ],
 )
 @pytest.mark.parametrize("target", ["create", "notify"])
-def test_a_poison_body_is_a_400_naming_where_and_changes_nothing(deps, ims, target, body, path):
+def test_a_poison_body_is_a_400_naming_where_and_changes_nothing(
+    fake_deps, fake_ims, target, body, path
+):
     client = create_app(target, MAIN).test_client()
 
     answer = client.post(
@@ -64,6 +48,6 @@ def test_a_poison_body_is_a_400_naming_where_and_changes_nothing(deps, ims, targ
     error = answer.get_json()["error"]
     assert error["code"] == "invalid_request"
     assert path in [detail["path"] for detail in error["details"]]
-    assert ims.submitted == []
-    assert deps.store.list_jobs(statuses=None, since=None, limit=10) == []
-    assert deps.store.notification_counts() == {}
+    assert fake_ims.submitted == []
+    assert fake_deps.store.list_jobs(statuses=None, since=None, limit=10) == []
+    assert fake_deps.store.notification_counts() == {}
