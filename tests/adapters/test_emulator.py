@@ -961,7 +961,7 @@ def test_the_readme_names_every_admin_route_the_server_dispatches(
 
     # The routes read from the code are the ones the server answers (and the probe can tell).
     def answer(method: str, action: str) -> httpx.Response:
-        path = "/_emulator/" + action.format(job_id="no-such-job")
+        path = "/_emulator/" + re.sub(r"\{\w+\}", "no-such-thing", action)
         return http.request(method, path, content=b"{}" if method != "GET" else b"")
 
     def unrouted(response: httpx.Response) -> bool:

@@ -1,4 +1,4 @@
-"""Local IMS emulator: create full-ECS image jobs, query them, get IAM tokens, inject faults.
+"""Local IMS emulator: create full-ECS image jobs, query them and their images, inject faults.
 
 A small standalone HTTP server (standard library plus our ``signer``) that speaks the parts of
 the Image Management Service our functions use, so tests, the demo and the benchmark run without
@@ -10,6 +10,7 @@ Served routes (shapes per ``docs/ims-api.md``):
 ``POST /v1/cloudimages/wholeimages/action``            create, 200 ``{"job_id": "<32 hex>"}``
 ``GET  /v1/{project_id}/jobs/{job_id}``                job status (``ShowJob``)
 ``GET  /v1/cloudimages/job/{job_id}``                  job progress (``ShowJobProgress``)
+``GET  /v2/cloudimages``                               image list (``ListImages``)
 ``POST /v3/auth/tokens``                               IAM password token, 201 + ``X-Subject-Token``
 ``/_emulator/...``                                     admin routes, no auth (see ``_admin``)
 =====================================================  ============================================
@@ -24,6 +25,10 @@ Error codes chosen where the documentation leaves a choice:
   ``unknown_backups``, IMG.0029 backup already has a running or successful job, IMG.0067
   AK/SK call to a project-less path without ``X-Project-Id`` equal to the configured project,
   IMG.0030 path ``{project_id}`` other than the configured one, **404** IMG.0023 unknown job.
+  On the image list, IMG.0001 for any bad filter value (``limit`` not a positive integer,
+  ``__whole_image`` or ``protected`` not true/false, an unknown ``status``, ``sort_key`` or
+  ``sort_dir``, a ``tag`` without a key, a ``marker`` naming no image) and IMG.0024 for an
+  unknown ``__imagetype`` (the message the docs' error example quotes).
 * Gateway body ``{"error_msg", "error_code", "request_id"}``: 401 APIGW.0301 for every
   authentication failure (no credentials, unknown AK, bad signature, bad or unknown token,
   security token missing or wrong), 401 APIGW.0303 for ``X-Sdk-Date`` more than 15 minutes
@@ -32,6 +37,30 @@ Error codes chosen where the documentation leaves a choice:
   password, domain or project.
 * A failed job reports ``error_code`` ``IMG.0014`` (exception in the underlying task) and a
   ``fail_reason`` by default; both are configurable, and ``finish_job`` can set any code.
+
+Images (docs/ims-api.md §2.5): every accepted create records one image, whose id is the job's
+``entities.image_id``; it is ``queued`` while the job is INIT, ``saving`` while it runs,
+``active`` on SUCCESS and ``killed`` on FAIL. ``add_image`` puts foreign images beside them.
+Choices where the documentation is silent or unclear:
+
+* ``tags`` in the list answer are ``"key=value"`` strings, whether the create body gave
+  ``tags`` (``"key.value"``) or ``image_tags``; a key without a value lists as ``"key="``. The
+  docs type the field "array of strings", say old ``Key.Value`` tags are queried as
+  ``Key=Value`` and that the new format separates with ``=``; no example shows a tagged image.
+* ``tag=key=value`` matches an image holding that key with that value; ``tag=key`` means an
+  empty value; several ``tag`` parameters must all match. Filters the emulator does not know
+  (``created_at``, ``__platform``, ...) are ignored rather than refused.
+* ``__whole_image`` is the string ``"true"``, as IMS's other extra properties are, although the
+  image-attributes page types it Boolean.
+* The answer is ``{"images": [...]}``, plus ``page_info.next_marker`` (Huawei Cloud's SDK model)
+  while more images follow; ``image_page_info=False`` leaves it out, as OTC documents. ``first``
+  and ``next`` belong to the Glance list ``/v2/images``, not to this one.
+* ``limit`` defaults to 500 and has no maximum (none is documented). Equal sort values keep
+  creation order, so a ``marker`` pages without repeats or gaps; a marker image that does not
+  match the filters still marks the place.
+* A ``deleted`` image is listed only when ``status=deleted`` is asked for.
+* Invented: ``min_disk`` 40, as the emulator never sees a system disk.
+* Malformed tags in a create body are skipped, not refused (IMG.0115): wholeimage checks them.
 
 Clock: job progress, token expiry, the ``X-Sdk-Date`` check and recorded times all read the
 injectable ``clock``, so a test drives a job through INIT, RUNNING and SUCCESS without sleeping.
@@ -69,13 +98,16 @@ from wholeimage.ims import signer
 
 CREATE_PATH: Final = "/v1/cloudimages/wholeimages/action"
 IAM_TOKENS_PATH: Final = "/v3/auth/tokens"
+IMAGES_PATH: Final = "/v2/cloudimages"
 ADMIN_PREFIX: Final = "/_emulator/"
-ROUTES: Final = ("create", "job", "iam")
+ROUTES: Final = ("create", "job", "iam", "images")
 JOB_TYPE_BY_INSTANCE: Final = "imsCreateWholeImageByInstanceJob"
 JOB_TYPE_BY_BACKUP: Final = "imsCreateWholeImageByBackupJob"
 DEFAULT_PROJECT_ID: Final = "0123456789abcdef0123456789abcdef"
 
 Outcome = Literal["SUCCESS", "FAIL"]
+ImageStatus = Literal["queued", "saving", "active", "killed", "deleted"]
+IMAGE_STATUSES: Final[tuple[ImageStatus, ...]] = ("queued", "saving", "active", "killed", "deleted")
 
 # The first tenth of a job is INIT, as on IMS where the job waits for a worker first.
 _INIT_FRACTION: Final = 0.1
@@ -84,6 +116,15 @@ _NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9\-._ \u4e00-\u9fff]+$")
 _PROJECT_JOB_PATH: Final = re.compile(r"^/v1/(?P<project_id>[^/]+)/jobs/(?P<job_id>[^/]+)$")
 _PROGRESS_JOB_PATH: Final = re.compile(r"^/v1/cloudimages/job/(?P<job_id>[^/]+)$")
 _FINISH_PATH: Final = re.compile(r"^jobs/(?P<job_id>[^/]+)/finish$")
+_IMAGE_STATUS_PATH: Final = re.compile(r"^images/(?P<image_id>[^/]+)/status$")
+# GET /v2/cloudimages (docs/ims-api.md §2.5): limit defaults to 500; no maximum is documented.
+_DEFAULT_LIST_LIMIT: Final = 500
+_SORT_KEYS: Final = frozenset(
+    {"name", "container_format", "disk_format", "status", "id", "size", "created_at"}
+)
+_IMAGE_TYPES: Final = frozenset({"gold", "private", "shared", "market"})
+# Invented: a full-ECS image's min_disk is its system disk's size, which the emulator never sees.
+_IMAGE_MIN_DISK: Final = 40
 # strftime's %b follows the locale; the old IMS format is always English.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _JSON: Final = "application/json;charset=UTF-8"
@@ -120,6 +161,9 @@ class EmulatorConfig:
         max_clock_skew_seconds: Allowed ``X-Sdk-Date`` difference (gateway: 15 minutes).
         hang_seconds: How long a ``Fault(hang=True)`` without a delay holds the connection.
         record_requests: Keep every request in ``ImsEmulator.requests`` (off for long benchmarks).
+        image_page_info: Image lists carry ``page_info.next_marker`` while more images follow,
+            as Huawei Cloud's SDK model has it; ``False`` answers ``images`` alone, the shape
+            OTC documents.
     """
 
     ak: str = "EMULATORAK"
@@ -147,6 +191,7 @@ class EmulatorConfig:
     max_clock_skew_seconds: float = 900.0
     hang_seconds: float = 600.0
     record_requests: bool = True
+    image_page_info: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,7 +262,7 @@ class RecordedRequest:
         headers: Headers with lower-cased names.
         body: Raw body bytes.
         time: ``clock()`` at arrival.
-        route: ``create``, ``job``, ``iam`` or ``unknown``.
+        route: ``create``, ``job``, ``iam``, ``images`` or ``unknown``.
     """
 
     method: str
@@ -336,6 +381,167 @@ def _iso_micro(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _image_time(moment: float) -> str:
+    # Image times have whole seconds: 2018-09-06T14:03:27Z (docs/ims-api.md §2.5).
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# What a whole-image job's status means for its image (docs/ims-api.md §2.5).
+_IMAGE_STATUS_BY_JOB: Final[Mapping[str, ImageStatus]] = {
+    "INIT": "queued",
+    "RUNNING": "saving",
+    "SUCCESS": "active",
+    "FAIL": "killed",
+}
+
+
+@dataclass
+class EmulatedImage:
+    """An image as ``GET /v2/cloudimages`` lists it.
+
+    The image of a whole-image job takes its status from the job: ``queued`` while the job is
+    INIT, ``saving`` while it runs, ``active`` on SUCCESS, ``killed`` on FAIL. A foreign image
+    (``ImsEmulator.add_image``), or one given a status by ``set_image_status``, keeps ``status``.
+
+    Attributes:
+        image_id: A UUID; for a job's image, the job's ``entities.image_id``.
+        name: The image name.
+        tags: ``(key, value)`` pairs in the order first given.
+        created_at: ``clock()`` at creation.
+        owner: The owning project id.
+        seq: Creation order, which breaks ties when sorting.
+        job_id: The job making it; ``None`` for a foreign image.
+        status: A fixed status; ``None`` follows the job.
+        status_since: ``clock()`` when ``status`` was set.
+        whole_image: Whether it is a full-ECS image (``__whole_image``).
+        backup_id: The source backup (``__backup_id``), for an image made from one.
+        imagetype: ``__imagetype``: ``private`` for ours, ``gold``, ``shared`` or ``market``.
+        visibility: ``private``, ``public`` or ``shared``.
+        protected: Whether it is protected.
+        description: ``__description``, when the create body had one.
+        min_ram: Minimum memory in MB.
+        max_ram: Maximum memory, a string as IMS lists it, when given.
+        enterprise_project_id: ``0`` for the default enterprise project.
+    """
+
+    image_id: str
+    name: str
+    tags: tuple[tuple[str, str], ...]
+    created_at: float
+    owner: str
+    seq: int
+    job_id: str | None = None
+    status: ImageStatus | None = None
+    status_since: float | None = None
+    whole_image: bool = True
+    backup_id: str | None = None
+    imagetype: str = "private"
+    visibility: str = "private"
+    protected: bool = False
+    description: str | None = None
+    min_ram: int = 0
+    max_ram: str | None = None
+    enterprise_project_id: str = "0"
+
+    def state(self, job: EmulatedJob | None, now: float) -> tuple[ImageStatus, float]:
+        """Status at ``now`` and the time it was entered."""
+        if self.status is not None or job is None:
+            since = self.status_since if self.status_since is not None else self.created_at
+            return self.status or "active", since
+        job_status, _, end = job.state(now)
+        status = _IMAGE_STATUS_BY_JOB[job_status]
+        if end is not None:
+            return status, end
+        if status == "saving":
+            return status, job.created_at + job.duration * _INIT_FRACTION
+        return status, self.created_at
+
+    def view(self, job: EmulatedJob | None, now: float) -> dict[str, Any]:
+        """The image JSON as the list answer carries it (docs/ims-api.md §2.5)."""
+        status, since = self.state(job, now)
+        body: dict[str, Any] = {
+            "id": self.image_id,
+            "name": self.name,
+            "status": status,
+            # Our choice: every tag as a "key=value" string, the list form of the new tag format.
+            "tags": [f"{key}={value}" for key, value in self.tags],
+            "visibility": self.visibility,
+            "__imagetype": self.imagetype,
+            # Extra image properties are strings on the wire, though the docs type this Boolean.
+            "__whole_image": "true" if self.whole_image else "false",
+            "__isregistered": "true",
+            "__image_source_type": "uds",
+            "container_format": "bare",
+            "disk_format": "zvhd2",
+            "virtual_env_type": "FusionCompute",
+            "min_ram": self.min_ram,
+            "min_disk": _IMAGE_MIN_DISK,
+            "size": 0,
+            "virtual_size": None,
+            "protected": self.protected,
+            "owner": self.owner,
+            "enterprise_project_id": self.enterprise_project_id,
+            "created_at": _image_time(self.created_at),
+            "updated_at": _image_time(since),
+            "self": f"/v2/images/{self.image_id}",
+            "file": f"/v2/images/{self.image_id}/file",
+            "schema": "/v2/schemas/image",
+        }
+        if self.backup_id is not None:
+            body["__backup_id"] = self.backup_id
+        if self.description is not None:
+            body["__description"] = self.description
+        if self.max_ram is not None:
+            body["max_ram"] = self.max_ram
+        if status == "active":
+            body["active_at"] = _image_time(since)
+        return body
+
+
+def _tag_pairs(tags: Mapping[str, str] | Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``{"k": "v"}`` or ``["k=v", "k2"]`` as ``(key, value)`` pairs (a bare key: empty value).
+
+    Raises:
+        ValueError: for a tag without a key, or not a string.
+    """
+    if isinstance(tags, str):
+        raise ValueError("tags must be a mapping or a list of key=value strings, not a string")
+    items = tags.items() if isinstance(tags, Mapping) else (_split_tag(tag, "=") for tag in tags)
+    pairs: dict[str, str] = {}
+    for key, value in items:
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise ValueError(f"a tag needs a non-empty string key and a string value: {key!r}")
+        pairs[key] = value
+    return tuple(pairs.items())
+
+
+def _split_tag(tag: object, separator: str) -> tuple[str, str]:
+    if not isinstance(tag, str):
+        raise ValueError(f"a tag must be a string, not {tag!r}")
+    key, _, value = tag.partition(separator)
+    return key, value
+
+
+def _request_tags(body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The create body's ``tags`` (``"key.value"``) and ``image_tags`` as ``(key, value)`` pairs.
+
+    A later key updates an earlier one, as IMS documents for a key added twice. Entries of the
+    wrong shape are skipped: the emulator does not refuse tags (IMG.0115), wholeimage checks them.
+    """
+    pairs: dict[str, str] = {}
+    tags = body.get("tags")
+    for tag in tags if isinstance(tags, list) else ():
+        if isinstance(tag, str) and tag.partition(".")[0]:
+            key, value = _split_tag(tag, ".")
+            pairs[key] = value
+    image_tags = body.get("image_tags")
+    for tag in image_tags if isinstance(image_tags, list) else ():
+        if isinstance(tag, dict) and isinstance(tag.get("key"), str) and tag["key"]:
+            value = tag.get("value", "")
+            pairs[tag["key"]] = value if isinstance(value, str) else str(value)
+    return tuple(pairs.items())
+
+
 @dataclass
 class _Response:
     status: int
@@ -418,6 +624,8 @@ def _classify(method: str, path: str) -> _Route:
     if path == IAM_TOKENS_PATH and method == "POST":
         return _Route("iam")
     if method == "GET":
+        if path == IMAGES_PATH:
+            return _Route("images")
         progress = _PROGRESS_JOB_PATH.match(path)
         if progress:
             return _Route("job", job_id=progress["job_id"])
@@ -432,6 +640,25 @@ class _CreateSpec:
     name: str
     job_type: str
     source_id: str
+    tags: tuple[tuple[str, str], ...] = ()
+    description: str | None = None
+    min_ram: int = 0
+    max_ram: str | None = None
+    enterprise_project_id: str = "0"
+
+
+def _with_image_fields(spec: _CreateSpec, body: Mapping[str, Any]) -> _CreateSpec:
+    """``spec`` plus what the image record keeps of the body; odd values fall back to defaults."""
+    description, min_ram = body.get("description"), body.get("min_ram")
+    max_ram, project = body.get("max_ram"), body.get("enterprise_project_id")
+    return replace(
+        spec,
+        tags=_request_tags(body),
+        description=description if isinstance(description, str) else None,
+        min_ram=min_ram if type(min_ram) is int else 0,
+        max_ram=str(max_ram) if type(max_ram) is int else None,
+        enterprise_project_id=project if isinstance(project, str) and project else "0",
+    )
 
 
 def _parse_create(raw: bytes) -> _CreateSpec:
@@ -459,10 +686,120 @@ def _parse_create(raw: bytes) -> _CreateSpec:
     if backup_id or (not instance_id and "whole_image_type" in body):
         if not isinstance(backup_id, str) or not backup_id:
             raise _ims_error("IMG.0019", "The backup ID is not specified.")
-        return _CreateSpec(name, JOB_TYPE_BY_BACKUP, backup_id)
+        return _with_image_fields(_CreateSpec(name, JOB_TYPE_BY_BACKUP, backup_id), body)
     if not isinstance(instance_id, str) or not instance_id:
         raise _ims_error("IMG.0012", "The ECS ID is not specified or is invalid.")
-    return _CreateSpec(name, JOB_TYPE_BY_INSTANCE, instance_id)
+    return _with_image_fields(_CreateSpec(name, JOB_TYPE_BY_INSTANCE, instance_id), body)
+
+
+@dataclass(frozen=True)
+class _ImageQuery:
+    """The filters, sort and page of ``GET /v2/cloudimages`` (docs/ims-api.md §2.5)."""
+
+    tags: tuple[tuple[str, str], ...] = ()
+    name: str | None = None
+    image_id: str | None = None
+    status: str | None = None
+    whole_image: bool | None = None
+    imagetype: str | None = None
+    owner: str | None = None
+    visibility: str | None = None
+    protected: bool | None = None
+    limit: int = _DEFAULT_LIST_LIMIT
+    marker: str | None = None
+    sort_key: str = "created_at"
+    descending: bool = True
+
+    def matches(self, image: EmulatedImage, view: Mapping[str, Any]) -> bool:
+        """Whether the image passes every filter; deleted images only when asked for."""
+        if view["status"] == "deleted" and self.status != "deleted":
+            return False
+        wanted = {
+            "name": self.name,
+            "id": self.image_id,
+            "status": self.status,
+            "__imagetype": self.imagetype,
+            "owner": self.owner,
+            "visibility": self.visibility,
+        }
+        if any(value is not None and view[key] != value for key, value in wanted.items()):
+            return False
+        if self.whole_image is not None and image.whole_image != self.whole_image:
+            return False
+        if self.protected is not None and image.protected != self.protected:
+            return False
+        return all(tag in image.tags for tag in self.tags)
+
+    def sort_value(self, image: EmulatedImage, view: Mapping[str, Any]) -> tuple[float, str, int]:
+        """The sort position: the key's value, then creation order so equal values keep one order."""
+        if self.sort_key == "created_at":
+            return image.created_at, "", image.seq
+        if self.sort_key == "size":
+            return 0.0, "", image.seq
+        return 0.0, str(view[self.sort_key]), image.seq
+
+    def comes_after(self, position: tuple[float, str, int], marker: tuple[float, str, int]) -> bool:
+        """Whether ``position`` follows the marker's in the answer's order."""
+        return position < marker if self.descending else position > marker
+
+
+def _bad_query(message: str, code: str = "IMG.0001") -> _Refusal:
+    # Our choice: IMG.0001 ("the request message format is invalid") for any bad filter value;
+    # IMG.0024 for __imagetype, whose message the docs' error example quotes.
+    return _ims_error(code, message)
+
+
+def _query_bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise _bad_query(f"{name} must be true or false, not {value!r}.")
+    return lowered == "true"
+
+
+def _parse_image_query(pairs: Sequence[tuple[str, str]]) -> _ImageQuery:
+    """Read the query; a filter the emulator does not know is ignored, a bad value is a 400."""
+    first: dict[str, str] = {}
+    for key, value in pairs:
+        first.setdefault(key, value)
+    # Several tag parameters must all match (our choice; the docs show one).
+    tags: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if key == "tag":
+            tag_key, _, tag_value = value.partition("=")
+            if not tag_key:
+                raise _bad_query(f"tag must be key=value, not {value!r}.")
+            tags.append((tag_key, tag_value))
+    status = first.get("status")
+    if status is not None and status not in IMAGE_STATUSES:
+        raise _bad_query(f"status must be one of {', '.join(IMAGE_STATUSES)}, not {status!r}.")
+    imagetype = first.get("__imagetype")
+    if imagetype is not None and imagetype not in _IMAGE_TYPES:
+        raise _bad_query("The imagetype is invalid.", "IMG.0024")
+    limit = first.get("limit", str(_DEFAULT_LIST_LIMIT))
+    if not limit.isdigit() or not limit.isascii() or int(limit) < 1:
+        raise _bad_query(f"limit must be a positive integer, not {limit!r}.")
+    sort_key = first.get("sort_key", "created_at")
+    if sort_key not in _SORT_KEYS:
+        raise _bad_query(f"sort_key must be one of {', '.join(sorted(_SORT_KEYS))}.")
+    sort_dir = first.get("sort_dir", "desc")
+    if sort_dir not in ("asc", "desc"):
+        raise _bad_query(f"sort_dir must be asc or desc, not {sort_dir!r}.")
+    whole_image, protected = first.get("__whole_image"), first.get("protected")
+    return _ImageQuery(
+        tags=tuple(tags),
+        name=first.get("name"),
+        image_id=first.get("id"),
+        status=status,
+        whole_image=None if whole_image is None else _query_bool("__whole_image", whole_image),
+        imagetype=imagetype,
+        owner=first.get("owner"),
+        visibility=first.get("visibility"),
+        protected=None if protected is None else _query_bool("protected", protected),
+        limit=int(limit),
+        marker=first.get("marker"),
+        sort_key=sort_key,
+        descending=sort_dir == "desc",
+    )
 
 
 def _parse_password_auth(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
@@ -501,6 +838,8 @@ class ImsEmulator:
         self._lock = threading.Lock()
         self._jobs: dict[str, EmulatedJob] = {}
         self._backup_jobs: dict[str, str] = {}
+        self._images: dict[str, EmulatedImage] = {}
+        self._image_seq = 0
         self._faults: dict[str, list[Fault]] = {route: [] for route in ROUTES}
         self._requests: list[RecordedRequest] = []
         self._calls: dict[str, int] = {}
@@ -588,7 +927,7 @@ class ImsEmulator:
 
     @property
     def calls(self) -> dict[str, int]:
-        """Calls per route (``create``, ``job``, ``iam``, ``unknown``), faulted ones included."""
+        """Calls per route (``create``, ``job``, ``iam``, ``images``, ``unknown``), faults included."""
         with self._lock:
             return dict(self._calls)
 
@@ -608,11 +947,95 @@ class ImsEmulator:
             job = self._jobs[job_id]
         return job.view(self.clock(), old_time_format=self.config.old_time_format)
 
+    def images(self) -> list[dict[str, Any]]:
+        """Every image's JSON as a list query would see it now, deleted ones too, oldest first."""
+        now = self.clock()
+        with self._lock:
+            pairs = [(image, self._jobs.get(image.job_id or "")) for image in self._images.values()]
+        return [image.view(job, now) for image, job in pairs]
+
+    def add_image(
+        self,
+        name: str,
+        *,
+        tags: Mapping[str, str] | Sequence[str] = (),
+        status: ImageStatus = "active",
+        whole_image: bool = True,
+        image_id: str | None = None,
+        backup_id: str | None = None,
+        owner: str | None = None,
+        imagetype: str = "private",
+        visibility: str = "private",
+        created_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Put a foreign image in the account: one no job of this emulator made.
+
+        Args:
+            name: The image name.
+            tags: ``{"key": "value"}`` or ``["key=value", ...]``.
+            status: Its status, kept until ``set_image_status`` changes it.
+            whole_image: ``__whole_image``.
+            image_id: Its id; a new UUID when ``None``.
+            backup_id: ``__backup_id``.
+            owner: The owning project; the configured ``project_id`` when ``None``.
+            imagetype: ``__imagetype``.
+            visibility: ``visibility``.
+            created_at: Creation time (seconds since the epoch); ``clock()`` when ``None``.
+
+        Returns:
+            The image JSON.
+
+        Raises:
+            ValueError: for an unknown status or image type, a bad tag or a taken id.
+        """
+        if status not in IMAGE_STATUSES:
+            raise ValueError(f"status must be one of {IMAGE_STATUSES}, not {status!r}")
+        if imagetype not in _IMAGE_TYPES:
+            raise ValueError(f"imagetype must be one of {sorted(_IMAGE_TYPES)}, not {imagetype!r}")
+        pairs = _tag_pairs(tags)
+        now = self.clock()
+        with self._lock:
+            new_id = image_id if image_id is not None else str(uuid.uuid4())
+            if new_id in self._images:
+                raise ValueError(f"image {new_id} exists")
+            image = self._new_image(
+                new_id,
+                name,
+                pairs,
+                now if created_at is None else created_at,
+                status=status,
+                whole_image=whole_image,
+                backup_id=backup_id,
+                owner=owner if owner is not None else self.config.project_id,
+                imagetype=imagetype,
+                visibility=visibility,
+            )
+        return image.view(None, now)
+
+    def set_image_status(self, image_id: str, status: ImageStatus) -> dict[str, Any]:
+        """Give an image a fixed status from now on (``deleted``, say), whatever its job does.
+
+        Returns:
+            The image JSON after the change.
+
+        Raises:
+            KeyError: for an unknown image.
+            ValueError: for an unknown status.
+        """
+        if status not in IMAGE_STATUSES:
+            raise ValueError(f"status must be one of {IMAGE_STATUSES}, not {status!r}")
+        now = self.clock()
+        with self._lock:
+            image = self._images[image_id]
+            image.status, image.status_since = status, now
+            job = self._jobs.get(image.job_id or "")
+        return image.view(job, now)
+
     def inject(self, route: str, *responses: Fault) -> None:
         """Queue faults for the next calls of ``route``, one call each, in order.
 
         Args:
-            route: ``create``, ``job`` (both job query paths) or ``iam``.
+            route: ``create``, ``job`` (both job query paths), ``iam`` or ``images``.
             *responses: The faults.
 
         Raises:
@@ -659,10 +1082,11 @@ class ImsEmulator:
         return job.view(now, old_time_format=self.config.old_time_format)
 
     def reset(self) -> None:
-        """Forget jobs, faults, recorded requests and counts; reseed. Tokens and config stay."""
+        """Forget jobs, images, faults, requests and counts; reseed. Tokens and config stay."""
         with self._lock:
             self._jobs.clear()
             self._backup_jobs.clear()
+            self._images.clear()
             for queue in self._faults.values():
                 queue.clear()
             self._requests.clear()
@@ -736,6 +1160,9 @@ class ImsEmulator:
             return self._job(route.job_id, route.path_project)
         if route.name == "iam":
             return self._iam(req)
+        if route.name == "images":
+            self._authenticate(req, project_in_path=False)
+            return self._list_images(req)
         raise _gateway_error(
             404, "APIGW.0101", "The API does not exist or has not been published.", req.request_id
         )
@@ -771,7 +1198,60 @@ class ImsEmulator:
             self._jobs[job.job_id] = job
             if by_backup:
                 self._backup_jobs[spec.source_id] = job.job_id
+            # IMS registers the image when it accepts the job; it is queued until the job runs.
+            self._new_image(
+                job.image_id,
+                spec.name,
+                spec.tags,
+                now,
+                job_id=job.job_id,
+                backup_id=spec.source_id if by_backup else None,
+                owner=config.project_id,
+                description=spec.description,
+                min_ram=spec.min_ram,
+                max_ram=spec.max_ram,
+                enterprise_project_id=spec.enterprise_project_id,
+            )
         return _Response(200, {"job_id": job.job_id})
+
+    def _new_image(
+        self,
+        image_id: str,
+        name: str,
+        tags: tuple[tuple[str, str], ...],
+        created_at: float,
+        **fields: Any,
+    ) -> EmulatedImage:
+        """Record an image; the caller holds the lock."""
+        self._image_seq += 1
+        image = EmulatedImage(image_id, name, tags, created_at, seq=self._image_seq, **fields)
+        self._images[image_id] = image
+        return image
+
+    def _list_images(self, req: _Incoming) -> _Response:
+        query = _parse_image_query(req.query)
+        now = self.clock()
+        with self._lock:
+            records = [
+                (image, self._jobs.get(image.job_id or "")) for image in self._images.values()
+            ]
+        views = {image.image_id: (image, image.view(job, now)) for image, job in records}
+        listed = sorted(
+            (pair for pair in views.values() if query.matches(*pair)),
+            key=lambda pair: query.sort_value(*pair),
+            reverse=query.descending,
+        )
+        if query.marker is not None:
+            if query.marker not in views:
+                raise _bad_query(f"The marker image {query.marker} does not exist.")
+            start = query.sort_value(*views[query.marker])
+            # The page starts after the marker's place in the order, whether it matches or not.
+            listed = [pair for pair in listed if query.comes_after(query.sort_value(*pair), start)]
+        page = [view for _, view in listed[: query.limit]]
+        body: dict[str, Any] = {"images": page}
+        if len(listed) > query.limit and self.config.image_page_info:
+            body["page_info"] = {"next_marker": page[-1]["id"]}
+        return _Response(200, body)
 
     def _check_backup_free(self, backup_id: str, now: float) -> None:
         # One backup, one image: a running or successful job holds the backup, a failed one not.
@@ -909,12 +1389,15 @@ class ImsEmulator:
 
         * ``GET  /_emulator/health``: ``{"status": "ok"}``
         * ``GET  /_emulator/requests``: ``{"requests": [RecordedRequest.to_json(), ...]}``
-        * ``GET  /_emulator/stats``: ``{"calls": {...}, "requests": n, "jobs": n, "faults": {...}}``
+        * ``GET  /_emulator/stats``: ``{"calls", "requests", "jobs", "images", "faults"}``
         * ``POST /_emulator/faults``: ``{"route": "create", "faults": [{"status": 429, ...}]}``
         * ``DELETE /_emulator/faults``: drop every queued fault
         * ``POST /_emulator/reset``: ``reset()``
         * ``GET  /_emulator/jobs``: ``{"jobs": [job JSON, ...]}``
         * ``POST /_emulator/jobs/{job_id}/finish``: ``{"outcome": "FAIL", "error_code"?, "fail_reason"?}``
+        * ``GET  /_emulator/images``: ``{"images": [image JSON, ...]}``
+        * ``POST /_emulator/images``: ``add_image`` arguments as JSON; the image JSON
+        * ``POST /_emulator/images/{image_id}/status``: ``{"status": "deleted"}``; the image JSON
         * ``GET  /_emulator/config``, ``PATCH /_emulator/config``: read or change ``EmulatorConfig``
         """
         action = req.path[len(ADMIN_PREFIX) :].strip("/")
@@ -925,42 +1408,47 @@ class ImsEmulator:
             return _Response(400, {"error": {"code": "emulator.bad_request", "message": str(exc)}})
 
     def _admin_action(self, method: str, action: str, payload: Any) -> _Response:
-        simple: dict[tuple[str, str], Callable[[], Any]] = {
-            ("GET", "health"): lambda: {"status": "ok"},
-            ("GET", "requests"): lambda: {"requests": [r.to_json() for r in self.requests]},
-            ("GET", "stats"): self._stats,
-            ("GET", "jobs"): lambda: {"jobs": [self.job_view(job_id) for job_id in self.jobs]},
-            ("GET", "config"): self._config_json,
-            ("POST", "reset"): self._reset_json,
-            ("DELETE", "faults"): self._clear_faults,
+        table: dict[tuple[str, str], Callable[[Any], Any]] = {
+            ("GET", "health"): lambda _: {"status": "ok"},
+            ("GET", "requests"): lambda _: {"requests": [r.to_json() for r in self.requests]},
+            ("GET", "stats"): lambda _: self._stats(),
+            ("GET", "jobs"): lambda _: {"jobs": [self.job_view(job_id) for job_id in self.jobs]},
+            ("GET", "images"): lambda _: {"images": self.images()},
+            ("GET", "config"): lambda _: self._config_json(),
+            ("PATCH", "config"): self._patch_config_json,
+            ("POST", "config"): self._patch_config_json,
+            ("POST", "reset"): lambda _: self._reset_json(),
+            ("POST", "faults"): self._queue_faults,
+            ("DELETE", "faults"): lambda _: self._clear_faults(),
+            ("POST", "images"): lambda body: self.add_image(**body),
         }
-        if (method, action) in simple:
-            return _Response(200, simple[method, action]())
-        if method == "POST" and action == "faults":
-            faults = [
-                Fault.from_json(item) for item in payload.get("faults", [payload.get("fault")])
-            ]
-            self.inject(payload["route"], *faults)
-            return _Response(200, {"queued": self.pending_faults()})
-        if method in ("PATCH", "POST") and action == "config":
-            self._patch_config(payload)
-            return _Response(200, self._config_json())
+        if (method, action) in table:
+            return _Response(200, table[method, action](payload))
+        image_status = _IMAGE_STATUS_PATH.match(action)
+        if method == "POST" and image_status:
+            image_id, status = image_status["image_id"], payload["status"]
+            return _or_404("image", lambda: self.set_image_status(image_id, status))
         finish = _FINISH_PATH.match(action)
         if method == "POST" and finish:
-            try:
-                view = self.finish_job(
-                    finish["job_id"],
-                    payload.get("outcome", "SUCCESS"),
-                    error_code=payload.get("error_code"),
-                    fail_reason=payload.get("fail_reason"),
-                )
-            except KeyError:
-                return _Response(
-                    404, {"error": {"code": "emulator.not_found", "message": "no such job"}}
-                )
-            return _Response(200, view)
+            job_id, outcome = finish["job_id"], payload.get("outcome", "SUCCESS")
+            error_code, fail_reason = payload.get("error_code"), payload.get("fail_reason")
+            return _or_404(
+                "job",
+                lambda: self.finish_job(
+                    job_id, outcome, error_code=error_code, fail_reason=fail_reason
+                ),
+            )
         message = f"no admin route {method} {ADMIN_PREFIX}{action}"
         return _Response(404, {"error": {"code": "emulator.not_found", "message": message}})
+
+    def _queue_faults(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        faults = [Fault.from_json(item) for item in payload.get("faults", [payload.get("fault")])]
+        self.inject(payload["route"], *faults)
+        return {"queued": self.pending_faults()}
+
+    def _patch_config_json(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._patch_config(payload)
+        return self._config_json()
 
     def _stats(self) -> dict[str, Any]:
         with self._lock:
@@ -968,6 +1456,7 @@ class ImsEmulator:
                 "calls": dict(self._calls),
                 "requests": len(self._requests),
                 "jobs": len(self._jobs),
+                "images": len(self._images),
                 "faults": {route: len(queue) for route, queue in self._faults.items()},
             }
 
@@ -1003,6 +1492,16 @@ class ImsEmulator:
             else:
                 changes[name] = value
         self.config = replace(current, **changes)
+
+
+def _or_404(what: str, call: Callable[[], dict[str, Any]]) -> _Response:
+    """``call()``'s JSON, or the admin 404 when it names an unknown job or image."""
+    try:
+        return _Response(200, call())
+    except KeyError:
+        return _Response(
+            404, {"error": {"code": "emulator.not_found", "message": f"no such {what}"}}
+        )
 
 
 def _patched(
