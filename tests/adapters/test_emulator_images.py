@@ -1,4 +1,4 @@
-"""The emulator's image list (GET /v2/cloudimages) and the statuses of its images.
+"""The emulator's image list (GET /v2/cloudimages), image statuses, and faults after the route ran.
 
 Reconciliation looks an image up by the marker tag wholeimage put in the create request, when
 the create answer was lost; these tests pin the contract it codes against (docs/ims-api.md §2.5).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,12 +21,13 @@ import pytest
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkims.v2 import ImageInfo, ListImagesRequest, ListImagesResponse
 
-from ims_emulator import IMAGES_PATH, EmulatorConfig, ImsEmulator
+from ims_emulator import CREATE_PATH, IMAGES_PATH, EmulatorConfig, Fault, ImsEmulator
 from tests.adapters.test_emulator import (
     JOB_SECONDS,
     PROJECT,
     SK,
     FakeClock,
+    create,
     create_job,
     query_job,
     sdk_client,
@@ -438,6 +441,146 @@ def test_reset_forgets_the_images(ims: ImsEmulator, http: httpx.Client) -> None:
 
     assert ims.images() == []
     assert listed(http, ims) == []
+
+
+# -- faults after the route ran: accepted, then the answer is lost -----------------------------
+
+LOST_ANSWERS = [
+    Fault(after=True, status=500),
+    Fault(after=True, status=502, body="<html><body>Bad Gateway</body></html>"),
+    Fault(after=True, status=503),
+    Fault(after=True, status=200, headers={"content-type": "text/html"}, body="<html></html>"),
+    Fault(after=True, status=200, body='{"job_id": "4010a32b5f90'),
+    Fault(after=True, status=200, body={}),
+    Fault(after=True, status=200, body={"job_id": "4010a32b 5f909853015f90aaa24b0015"}),
+    Fault(after=True, status=200, body={"job_id": "../../v3/auth/tokens"}),
+    Fault(after=True, override={"job_id": None}),
+]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    LOST_ANSWERS,
+    ids=[
+        "500",
+        "502 html",
+        "503",
+        "200 html",
+        "200 truncated json",
+        "200 empty object",
+        "job_id with a space",
+        "job_id with ../",
+        "job_id null",
+    ],
+)
+def test_an_after_fault_replaces_the_answer_of_an_accepted_create(
+    ims: ImsEmulator, http: httpx.Client, fault: Fault
+) -> None:
+    value = marker()
+    ims.inject("create", fault)
+
+    response = create(http, ims, **marked(value))
+
+    expected_status = fault.status if fault.status is not None else 200
+    assert response.status_code == expected_status
+    if isinstance(fault.body, str):
+        assert response.text == fault.body
+    assert len(ims.jobs) == 1
+    (job,) = ims.jobs.values()
+    (image,) = by_marker(http, ims, value)
+    assert image["id"] == job.image_id
+    assert image["status"] == "queued"
+    assert len(response.headers.get_list("content-type")) == 1
+
+
+def test_a_fault_before_the_route_still_creates_nothing(
+    ims: ImsEmulator, http: httpx.Client
+) -> None:
+    value = marker()
+    ims.inject("create", Fault(status=503), Fault(drop=True))
+
+    assert create(http, ims, **marked(value)).status_code == 503
+    with pytest.raises(httpx.RemoteProtocolError):
+        create(http, ims, **marked(value))
+
+    assert ims.jobs == {}
+    assert by_marker(http, ims, value) == []
+
+
+def test_a_dropped_answer_after_the_create_leaves_the_job_and_its_image(
+    ims: ImsEmulator, http: httpx.Client
+) -> None:
+    value = marker()
+    http.post("/_emulator/faults", json={"route": "create", "fault": {"after": True, "drop": True}})
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        create(http, ims, **marked(value))
+
+    assert len(ims.jobs) == 1
+    assert by_marker(http, ims, value)[0]["id"] == next(iter(ims.jobs.values())).image_id
+
+
+def test_an_after_fault_replaces_a_refusal_too(ims: ImsEmulator, http: httpx.Client) -> None:
+    ims.inject("create", Fault(after=True, status=502))
+
+    response = send_signed(http, ims, "POST", CREATE_PATH, body=b"{}", sk="wrong-secret")
+
+    assert response.status_code == 502
+    assert ims.jobs == {}
+
+
+def test_faults_can_be_injected_on_the_image_list(ims: ImsEmulator, http: httpx.Client) -> None:
+    value = marker()
+    create_job(http, ims, **marked(value))
+    ims.inject("images", Fault.throttled(), Fault(after=True, status=500))
+
+    assert list_images(http, ims).status_code == 429
+    assert list_images(http, ims).status_code == 500
+    assert len(by_marker(http, ims, value)) == 1
+    assert ims.calls["images"] == 3
+    assert ims.pending_faults()["images"] == 0
+
+
+@pytest.mark.slow
+def test_a_hang_after_the_create_outlasts_the_client_but_the_job_exists(
+    ims: ImsEmulator, http: httpx.Client
+) -> None:
+    value = marker()
+    ims.inject("create", Fault(after=True, hang=True))
+
+    with pytest.raises(httpx.ReadTimeout):
+        send_signed(
+            http,
+            ims,
+            "POST",
+            CREATE_PATH,
+            body=json.dumps({"name": "n", "instance_id": "ecs-1", **marked(value)}).encode(),
+            timeout=0.3,
+        )
+
+    assert len(by_marker(http, ims, value)) == 1
+
+
+@pytest.mark.slow
+def test_a_delay_after_the_create_records_the_job_before_the_answer_arrives(
+    ims: ImsEmulator, http: httpx.Client
+) -> None:
+    ims.inject("create", Fault(after=True, delay=0.5))
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=ims.url, timeout=5.0) as other:
+        sender = threading.Thread(target=lambda: answers.append(create(other, ims)))
+        started = time.monotonic()
+        sender.start()
+        while not ims.jobs and time.monotonic() - started < 2:
+            time.sleep(0.01)
+        recorded_after = time.monotonic() - started
+        sender.join(timeout=5)
+
+    assert ims.jobs
+    assert recorded_after < 0.5
+    assert answers[0].status_code == 200
+    assert answers[0].json()["job_id"] in ims.jobs
+    assert time.monotonic() - started >= 0.5
 
 
 # -- the official SDK as referee ---------------------------------------------------------------

@@ -62,6 +62,9 @@ Choices where the documentation is silent or unclear:
 * Invented: ``min_disk`` 40, as the emulator never sees a system disk.
 * Malformed tags in a create body are skipped, not refused (IMG.0115): wholeimage checks them.
 
+Faults fire before the route by default; ``Fault(after=True)`` lets the route run (the job and
+its image exist) and then loses, delays or replaces the answer, as a gateway might.
+
 Clock: job progress, token expiry, the ``X-Sdk-Date`` check and recorded times all read the
 injectable ``clock``, so a test drives a job through INIT, RUNNING and SUCCESS without sleeping.
 Latency and fault delays are real time.
@@ -201,6 +204,12 @@ class Fault:
     Without ``status`` the call is answered normally (after ``delay``, with ``override`` and
     ``omit`` applied to a JSON object body), so ``Fault(delay=2.0)`` is just a slow answer.
 
+    By default a fault fires before authentication, as a gateway's throttling does: the route
+    does not run. With ``after`` the route runs first, so a create IS accepted (its job and
+    image are recorded), and then the fault's answer replaces the real one, whatever that
+    was: a request that took effect but whose answer was lost or garbled on the way back.
+    Either way the call counts.
+
     Attributes:
         status: Answer with this status, ``headers`` and ``body`` instead of the real answer.
         headers: Extra response headers, e.g. ``{"Retry-After": "1"}``.
@@ -209,10 +218,9 @@ class Fault:
         hang: Hold the connection (``delay`` seconds, else ``hang_seconds``), then drop it:
             longer than any sensible client timeout.
         drop: Close the connection without an answer.
-
-    Faults fire before authentication, as a gateway's throttling does, and count as calls.
         override: Keys merged into the real JSON body (e.g. ``{"status": None}``).
         omit: Keys removed from the real JSON body (e.g. ``("status",)``).
+        after: Run the route first, then apply the fault (see above).
     """
 
     status: int | None = None
@@ -223,6 +231,7 @@ class Fault:
     drop: bool = False
     override: Mapping[str, Any] = field(default_factory=dict)
     omit: tuple[str, ...] = ()
+    after: bool = False
 
     @classmethod
     def throttled(cls, retry_after: int = 1) -> Fault:
@@ -1109,7 +1118,7 @@ class ImsEmulator:
         fault = self._arrive(req, route.name)
         if self.config.latency_ms > 0:
             self._released.wait(self.config.latency_ms / 1000)
-        if fault is not None:
+        if fault is not None and not fault.after:
             early = self._fault_answer(fault, req.request_id)
             if early is not None:
                 return early
@@ -1117,6 +1126,11 @@ class ImsEmulator:
             response = self._dispatch(req, route)
         except _Refusal as refusal:
             response = refusal.response
+        if fault is not None and fault.after:
+            # The route has taken effect; now the answer is lost, late or replaced.
+            late = self._fault_answer(fault, req.request_id)
+            if late is not None:
+                return late
         if fault is not None and response.status < 300 and isinstance(response.body, dict):
             response.body = _patched(response.body, fault.override, fault.omit)
         return response
@@ -1647,7 +1661,12 @@ class _Handler(BaseHTTPRequestHandler):
             payload = body.encode("utf-8")
         else:
             payload = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": _JSON, "X-Request-Id": request_id, **response.headers}
+        headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
+        for name, value in response.headers.items():
+            # A fault's "content-type" replaces the default whatever its case: one header, not two.
+            for taken in [key for key in headers if key.lower() == name.lower()]:
+                del headers[taken]
+            headers[name] = value
         try:
             self.send_response(response.status)
             for name, value in headers.items():
