@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from wholeimage.bootstrap import Dependencies
-from wholeimage.ims.client import ImsClient
+from wholeimage.ims.client import ImageSummary, ImsClient
 from wholeimage.ims.connection import ImsConnection
+from wholeimage.models import MARKER_TAG_KEY
 from wholeimage.settings import Settings
 from wholeimage.store.sqlite import SqliteJobStore
 
@@ -20,23 +21,64 @@ class FakeImsClient:
     """An ``ImsClient`` that records submissions and answers from a script.
 
     ``script`` holds one entry per call: a job id to return, or an exception to raise. When it
-    runs out, job ids are made up.
+    runs out, job ids are made up. Each body is recorded as the caller's part (``submitted``,
+    the marker tag taken out) and the marker tag's value (``markers``), so tests can compare
+    the body with what the caller sent and check the marker on its own.
+
+    ``images`` answers ``find_whole_images`` by marker value; ``lookup_script`` (exceptions
+    or image lists) comes first, one entry per call.
     """
 
     script: list[str | BaseException] = field(default_factory=list)
     submitted: list[dict[str, Any]] = field(default_factory=list)
+    markers: list[str | None] = field(default_factory=list)
     on_submit: Callable[[], None] | None = None
+    images: dict[str, list[ImageSummary]] = field(default_factory=dict)
+    lookup_script: list[list[ImageSummary] | BaseException] = field(default_factory=list)
+    lookups: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create_whole_image(self, body: dict[str, Any]) -> str:
+        caller_part, marker = split_marker(body)
         with self._lock:
-            self.submitted.append(body)
+            self.submitted.append(caller_part)
+            self.markers.append(marker)
             step = self.script.pop(0) if self.script else f"{len(self.submitted):032x}"
         if self.on_submit is not None:
             self.on_submit()
         if isinstance(step, BaseException):
             raise step
         return step
+
+    def find_whole_images(self, *, tag_key: str, tag_value: str) -> list[ImageSummary]:
+        assert tag_key == MARKER_TAG_KEY
+        with self._lock:
+            self.lookups.append(tag_value)
+            step = self.lookup_script.pop(0) if self.lookup_script else None
+        if isinstance(step, BaseException):
+            raise step
+        return list(step) if step is not None else list(self.images.get(tag_value, []))
+
+
+def split_marker(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``body`` without wholeimage's marker tag, and the marker's value (None without one)."""
+    caller_part = dict(body)
+    marker: str | None = None
+    prefix = f"{MARKER_TAG_KEY}."
+    if "tags" in body:
+        kept = [tag for tag in body["tags"] if not tag.startswith(prefix)]
+        marker = next((tag[len(prefix) :] for tag in body["tags"] if tag.startswith(prefix)), None)
+        caller_part["tags"] = kept
+    if "image_tags" in body:
+        kept_tags = [tag for tag in body["image_tags"] if tag.get("key") != MARKER_TAG_KEY]
+        marker = next(
+            (tag["value"] for tag in body["image_tags"] if tag.get("key") == MARKER_TAG_KEY),
+            marker,
+        )
+        caller_part["image_tags"] = kept_tags
+        if not kept_tags:
+            del caller_part["image_tags"]
+    return caller_part, marker
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -9,6 +9,10 @@ One tick:
    recorded once, in the transaction that also hands it to notification;
 4. stops claiming when its time budget is spent, leaving the rest to the next tick.
 
+Before polling, it reconciles up to ``reconcile.batch`` jobs whose submission outcome is
+unknown, by asking IMS for their marker tag (``wholeimage.reconcile``), one at a time: there
+are few, and each is leased and recorded like a polled job.
+
 Transient errors never fail a job: they reschedule it. A job past its deadline is queried once
 more and, without a verdict, ends as ``TIMED_OUT``.
 """
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from wholeimage.ims.poller import PollResult
 from wholeimage.models import ENDED, Job, JobStatus
 from wholeimage.poll_backoff import PollBackoff
+from wholeimage.reconcile import Lookup, ReconcileConfig, decide_reconcile
 from wholeimage.store.records import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ class CheckConfig:
     concurrency: int = 16
     batch_size: int = 256
     lease: timedelta = timedelta(minutes=5)  # longer than the budget plus one IMS timeout
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class CheckSummary:
 
     owner: str
     polled: int = 0
+    reconciled: int = 0
     ended: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     still_outstanding: int = 0
@@ -78,6 +85,7 @@ class CheckSummary:
         return {
             "owner": self.owner,
             "polled": self.polled,
+            "reconciled": self.reconciled,
             "ended": dict(self.ended),
             "errors": dict(self.errors),
             "still_outstanding": self.still_outstanding,
@@ -219,7 +227,9 @@ class _Tick:
         summary: CheckSummary,
         outbox: Outbox | None,
         stop_claiming_at: float,
+        lookup: Callable[[Job], Lookup] | None = None,
     ) -> None:
+        self.lookup = lookup
         self.store = store
         self.poller = poller
         self.config = config
@@ -240,6 +250,8 @@ class _Tick:
             asyncio.create_task(self.worker()) for _ in range(max(1, self.config.concurrency))
         ]
         try:
+            if self.lookup is not None:
+                await self.reconcile(self.lookup)
             await self.feed()
             if self.summary.budget_exhausted or self.abort.is_set():
                 self.hand_back_unstarted()
@@ -297,6 +309,43 @@ class _Tick:
             # Every other query would fail the same way: stop, and say why.
             self.stop(f"IMS refused our credentials: {result.detail}")
         self.updates.append(decide(job, result, now=self.now(), config=self.config, rng=self.rng))
+
+    async def reconcile(self, lookup: Callable[[Job], Lookup]) -> None:
+        """Ask IMS about each claimed unresolved job by its marker; record what that decides."""
+        config = self.config.reconcile
+        moment = self.now()
+        claimed = self.store.claim_unresolved(
+            now=moment,
+            owner=self.summary.owner,
+            lease_until=moment + self.config.lease,
+            stale_before=moment - config.after,
+            limit=config.batch,
+        )
+        for job in claimed:
+            if self.monotonic() >= self.stop_claiming_at:
+                self.updates.append(PollUpdate.release(job, at=self.now()))
+                continue
+            try:
+                found = await asyncio.to_thread(lookup, job)
+            except Exception as exc:  # a bug in one lookup stays with its job
+                log.exception("reconcile lookup failed", extra={"request_id": job.request_id})
+                found = Lookup("failed", detail=f"internal error: {type(exc).__name__}")
+                self.summary.errors["internal"] += 1
+            self.summary.reconciled += 1
+            if found.outcome == "failed":
+                self.summary.errors["auth" if found.auth else "reconcile_failed"] += 1
+            self.updates.append(
+                decide_reconcile(
+                    job,
+                    found,
+                    now=self.now(),
+                    config=config,
+                    backoff=self.config.backoff,
+                    job_deadline=self.config.job_deadline,
+                    rng=self.rng,
+                )
+            )
+        self.flush()
 
     def stop(self, reason: str) -> None:
         """Abort the tick (first reason wins); unstarted jobs are handed back."""
@@ -374,10 +423,12 @@ async def run_check(
     rng: random.Random | None = None,
     owner: str | None = None,
     outbox: Outbox | None = None,
+    lookup: Callable[[Job], Lookup] | None = None,
 ) -> CheckSummary:
     """Run one tick; see the module docstring.
 
-    ``outbox`` makes each recorded end write its notification rows in the same transaction.
+    ``outbox`` makes each recorded end write its notification rows in the same transaction;
+    ``lookup`` (IMS's image list by marker) makes it reconcile unresolved submissions first.
     """
     summary = CheckSummary(owner=owner or f"check-{uuid.uuid4().hex[:12]}")
     started = monotonic()
@@ -391,6 +442,7 @@ async def run_check(
         summary=summary,
         outbox=outbox,
         stop_claiming_at=started + config.time_budget,
+        lookup=lookup,
     )
     await tick.run()
     summary.still_outstanding = store.count_outstanding()

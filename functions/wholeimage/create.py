@@ -2,9 +2,13 @@
 
 Order matters for "nothing lost, nothing twice": the job is *reserved* (recorded as
 ``SUBMITTING``) before IMS is called, so an idempotency key or a backup can never be submitted
-twice, even by two processes at once; IMS's answer then moves it on. A process that dies
-between IMS's acceptance and our update leaves ``SUBMITTING`` behind; a repeat after
-``STALE_SUBMISSION`` finds it, calls it ``SUBMIT_UNCERTAIN`` and does not resubmit.
+twice, even by two processes at once; IMS's answer then moves it on. The request carries the
+job's marker tag (its request id), so IMS itself can say later whether it made the image.
+
+When IMS's answer is lost or unreadable the job becomes ``SUBMIT_UNCERTAIN`` and is answered
+as it is, never resubmitted; ``check`` reconciles it by its marker (docs/reconcile.md). A
+process that dies mid-call leaves ``SUBMITTING`` behind: ``check`` reconciles that too, and a
+repeat after ``STALE_SUBMISSION`` already calls it ``SUBMIT_UNCERTAIN``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from wholeimage.errors import (
     ImsRejectedError,
     NotFoundError,
     SubmissionInProgressError,
+    SubmissionUncertainError,
     UpstreamError,
-    UpstreamTimeoutError,
 )
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 
@@ -66,8 +70,8 @@ def submit_create(
         IdempotencyKeyReusedError: the key was used before with another body.
         SubmissionInProgressError: the key's first request is still being submitted.
         BackupInUseError: the backup already has an outstanding or successful job.
-        ImsRejectedError, UpstreamError: IMS refused or failed; nothing stays recorded,
-            except after a timeout, which is recorded as ``SUBMIT_UNCERTAIN``.
+        ImsRejectedError, UpstreamError: IMS certainly refused it; nothing stays recorded.
+            When IMS may have taken it, nothing is raised: the job is ``SUBMIT_UNCERTAIN``.
     """
     started = now()
     candidate = Job(
@@ -90,13 +94,13 @@ def submit_create(
     job = reservation.job
     log_fields = {"request_id": job.request_id, "idempotency_key": idempotency_key, "trace": trace}
     try:
-        ims_job_id = ims.create_whole_image(request.ims_body())
-    except UpstreamTimeoutError as exc:
+        ims_job_id = ims.create_whole_image(request.ims_body(marker=job.request_id))
+    except SubmissionUncertainError as exc:
         uncertain = store.mark_uncertain(job.request_id, reason=exc.message, now=now())
         log.error("IMS submission outcome unknown; not resubmitted", extra=log_fields)
         return CreateOutcome(job=uncertain, replayed=False)
     except (ImsRejectedError, UpstreamError):
-        # IMS definitely did not take it: leave nothing behind, so the caller may retry.
+        # IMS certainly did not take it: leave nothing behind, so the caller may retry.
         store.discard(job.request_id)
         raise
     except BaseException:

@@ -18,7 +18,8 @@
     └── UpstreamError                  502 upstream_error
         ├── UpstreamAuthError          502 upstream_auth_failed   (our credentials, not the caller's)
         ├── UpstreamUnavailableError   503 upstream_unavailable   (Retry-After)
-        └── UpstreamTimeoutError       504 upstream_timeout
+        └── SubmissionUncertainError   504 submission_uncertain   (IMS may have taken the write)
+            └── UpstreamTimeoutError   504 upstream_timeout
 
 Messages are public: they never carry a secret, a stack trace or library text.
 """
@@ -205,8 +206,19 @@ class UpstreamUnavailableError(UpstreamError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class UpstreamTimeoutError(UpstreamError):
-    """IMS did not answer in time."""
+class SubmissionUncertainError(UpstreamError):
+    """A write reached IMS and its answer was lost or unreadable: IMS may have accepted it.
+
+    Never a reason to send the write again; ``create`` records the job as ``SUBMIT_UNCERTAIN``
+    and ``check`` finds out from IMS (docs/reconcile.md).
+    """
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "submission_uncertain"
+
+
+class UpstreamTimeoutError(SubmissionUncertainError):
+    """IMS did not answer in time after the request was sent."""
 
     status = HTTPStatus.GATEWAY_TIMEOUT
     code = "upstream_timeout"

@@ -14,12 +14,20 @@ from wholeimage.statuses import BACKUP_BLOCKING, ENDED, OUTSTANDING, JobStatus
 __all__ = [
     "BACKUP_BLOCKING",
     "ENDED",
+    "MARKER_TAG_KEY",
     "OUTSTANDING",
     "CreateImageRequest",
     "Job",
     "JobStatus",
     "TagKeyValue",
 ]
+
+
+# The tag wholeimage adds to every submission, valued with its request id, so IMS itself can
+# say later whether a submission whose answer was lost made an image (docs/reconcile.md). Its
+# key fits both clouds' tag rules (letters, digits, "_"; docs/ims-api.md §1.3) and the schema
+# keeps callers from using it, and keeps one of IMS's 10 tags free for it.
+MARKER_TAG_KEY = "wholeimage_request"
 
 
 class TagKeyValue(BaseModel):
@@ -59,9 +67,20 @@ class CreateImageRequest(BaseModel):
         """The ECS id or the backup id."""
         return self.instance_id or self.backup_id or ""
 
-    def ims_body(self) -> dict[str, Any]:
-        """The JSON body sent to IMS: unset fields dropped, as the official SDK does."""
-        return self.model_dump(mode="json", exclude_none=True)
+    def ims_body(self, *, marker: str | None = None) -> dict[str, Any]:
+        """The JSON body sent to IMS: unset fields dropped, as the official SDK does.
+
+        ``marker`` (the request id) is added as the tag ``MARKER_TAG_KEY``, in the form the
+        caller's tags already use (``tags`` and ``image_tags`` exclude each other).
+        """
+        body = self.model_dump(mode="json", exclude_none=True)
+        if marker is not None:
+            if "tags" in body:
+                body["tags"] = [*body["tags"], f"{MARKER_TAG_KEY}.{marker}"]
+            else:
+                marker_tag = {"key": MARKER_TAG_KEY, "value": marker}
+                body["image_tags"] = [*body.get("image_tags", []), marker_tag]
+        return body
 
     def fingerprint(self) -> str:
         """A stable hash of the body, to tell a repeat from a different request under one key."""

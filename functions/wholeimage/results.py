@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from wholeimage.models import Job, JobStatus
+from wholeimage.models import Job
 
-Verdict = Literal["SUCCESS", "FAIL", "TIMED_OUT"]
-VERDICTS: tuple[Verdict, ...] = ("SUCCESS", "FAIL", "TIMED_OUT")
+Verdict = Literal["SUCCESS", "FAIL", "TIMED_OUT", "UNCONFIRMED"]
+VERDICTS: tuple[Verdict, ...] = ("SUCCESS", "FAIL", "TIMED_OUT", "UNCONFIRMED")
 
 # Console pages of the private image list, where an image id can be looked up.
 _CONSOLES = {
@@ -68,9 +68,9 @@ class JobResult:
         cls, job: Job, *, console: str | None = None, region: str | None = None
     ) -> JobResult:
         """The verdict of an ended job."""
-        if job.status not in (JobStatus.SUCCESS, JobStatus.FAIL, JobStatus.TIMED_OUT):
+        if job.status.value not in VERDICTS:
             raise ValueError(f"job {job.request_id} has not ended ({job.status.value})")
-        verdict: Verdict = job.status.value  # type: ignore[assignment]  # narrowed just above
+        verdict: Verdict = job.status.value
         return cls(
             key=notification_key(job.request_id, verdict),
             request_id=job.request_id,

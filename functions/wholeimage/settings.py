@@ -44,7 +44,7 @@ _CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 # The named filters of a channel's "on"; otherwise it lists verdicts.
 _NAMED_FILTERS: dict[str, frozenset[str]] = {
     "all": frozenset(VERDICTS),
-    "failures": frozenset({"FAIL", "TIMED_OUT"}),
+    "failures": frozenset({"FAIL", "TIMED_OUT", "UNCONFIRMED"}),
 }
 
 
@@ -100,7 +100,8 @@ def _webhook_filter(value: str) -> frozenset[str]:
     verdicts = frozenset(part.strip() for part in value.split(","))
     if not verdicts <= _NAMED_FILTERS["all"]:
         raise ConfigurationError(
-            "WHOLEIMAGE_WEBHOOK_ON must be all, failures, or a comma list of SUCCESS, FAIL, TIMED_OUT"
+            "WHOLEIMAGE_WEBHOOK_ON must be all, failures, or a comma list of SUCCESS, FAIL, "
+            "TIMED_OUT, UNCONFIRMED"
         )
     return verdicts
 
@@ -150,6 +151,10 @@ class Settings(BaseModel):
     check_time_budget: float = Field(default=120.0, gt=0)
     check_concurrency: int = Field(default=16, ge=1, le=512)
     ims_rate_limit: float = Field(default=20.0, ge=0)  # IMS queries per second; 0 = unlimited
+    # check: when an unknown submission outcome is first asked about, and how long IMS may
+    # take to list its image before it ends UNCONFIRMED (docs/reconcile.md).
+    reconcile_after: float = Field(default=600.0, ge=0)
+    reconcile_window: float = Field(default=3 * 3600.0, gt=0)
 
     # notify: one channel, and/or several named ones (JSON), and how delivery behaves.
     webhook_url: SecretStr | None = None

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from ims_emulator import EmulatorConfig, Fault, ImsEmulator
+from tests.fakes import split_marker
 from tests.functional.test_openapi import close
 from wholeimage import bootstrap
 from wholeimage.bootstrap import open_store, set_dependencies
@@ -167,11 +168,14 @@ def test_submit_with_flags_sends_the_body_to_ims_and_shows_the_tracked_job(
 
     assert code == EXIT_OK
     [create] = [request for request in ims.requests if request.route == "create"]
-    assert json.loads(create.body) == {
+    sent, marker = split_marker(json.loads(create.body))
+    assert sent == {
         "name": "web01-full",
         "instance_id": INSTANCE_ID,
         "image_tags": [{"key": "owner", "value": "ops"}, {"key": "env", "value": ""}],
     }
+    assert marker is not None
+    assert re.search(rf"^request id\s+{marker}$", out, re.MULTILINE)
     [job_id] = ims.jobs
     assert re.search(rf"^IMS job id\s+{job_id}$", out, re.MULTILINE)
     assert re.search(r"^status\s+SUBMITTED$", out, re.MULTILINE)
@@ -200,7 +204,10 @@ def test_submit_reads_the_body_from_a_file_and_flags_override_its_fields(
     assert code == EXIT_OK
     assert answer["image_name"] == "from-flag"
     [create] = [request for request in ims.requests if request.route == "create"]
-    assert json.loads(create.body) == {"name": "from-flag", "instance_id": INSTANCE_ID}
+    assert split_marker(json.loads(create.body)) == (
+        {"name": "from-flag", "instance_id": INSTANCE_ID},
+        answer["request_id"],
+    )
 
 
 def test_submit_reads_the_body_from_stdin(environment, ims, capsys, monkeypatch):
@@ -285,7 +292,7 @@ def test_a_malformed_setting_is_a_usage_error_naming_the_variable(capsys, monkey
 
 @pytest.mark.slow
 def test_ims_staying_unavailable_is_exit_3_with_when_to_retry(environment, ims, capsys):
-    ims.inject("create", *[Fault(status=503, headers={"Retry-After": "1"})] * 10)
+    ims.inject("create", *[Fault(status=429, headers={"Retry-After": "1"})] * 10)
 
     code, _, err = run(capsys, "submit", *FLAGS)
 

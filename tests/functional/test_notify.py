@@ -90,7 +90,7 @@ URLS = {
 }
 SECRETS = {"feishu": FEISHU_SECRET, "dingtalk": DINGTALK_SECRET, "standard": WHSEC}
 FORMATS = sorted(URLS)
-FAILURES = frozenset({"FAIL", "TIMED_OUT"})
+FAILURES = frozenset({"FAIL", "TIMED_OUT", "UNCONFIRMED"})
 
 # conftest's ``state_url`` asks for ``store_kind`` dynamically; naming it parametrizes a test
 # over SQLite and PostgreSQL.
@@ -1046,7 +1046,7 @@ def test_a_standard_digests_rows_carry_the_webhook_id_it_was_sent_under(store, s
     [request] = service.requests
     event = Webhook(WHSEC).verify(request.content, dict(request.headers))
     assert event["type"] == DIGEST_EVENT_TYPE
-    assert event["data"]["counts"] == {"SUCCESS": 4, "FAIL": 0, "TIMED_OUT": 1}
+    assert event["data"]["counts"] == {"SUCCESS": 4, "FAIL": 0, "TIMED_OUT": 1, "UNCONFIRMED": 0}
     assert {result["key"] for result in event["data"]["results"]} == {r.key for r in results}
     ids = {row.message_id for row in outbox_rows(state_url).values()}
     assert ids == {request.headers["webhook-id"]}
@@ -1426,7 +1426,7 @@ def test_wholeimage_webhook_url_makes_the_default_channel_with_its_format_secret
         monkeypatch,
         WHOLEIMAGE_WEBHOOK_URL=DINGTALK_URL,
         WHOLEIMAGE_WEBHOOK_SECRET=DINGTALK_SECRET,
-        WHOLEIMAGE_WEBHOOK_ON="FAIL, TIMED_OUT",
+        WHOLEIMAGE_WEBHOOK_ON="FAIL, TIMED_OUT, UNCONFIRMED",
         WHOLEIMAGE_WEBHOOK_KEYWORD="[IMS]",
     )
     assert (default.name, default.format, default.keyword) == ("default", "dingtalk", "[IMS]")
@@ -1440,8 +1440,8 @@ def test_wholeimage_webhook_url_makes_the_default_channel_with_its_format_secret
 @pytest.mark.parametrize(
     ("on", "verdicts_heard"),
     [
-        ("all", {"SUCCESS", "FAIL", "TIMED_OUT"}),
-        ("failures", {"FAIL", "TIMED_OUT"}),
+        ("all", {"SUCCESS", "FAIL", "TIMED_OUT", "UNCONFIRMED"}),
+        ("failures", {"FAIL", "TIMED_OUT", "UNCONFIRMED"}),
         ("SUCCESS", {"SUCCESS"}),
     ],
 )

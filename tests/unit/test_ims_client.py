@@ -24,6 +24,7 @@ import pytest
 
 from wholeimage.errors import (
     ImsRejectedError,
+    SubmissionUncertainError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -159,17 +160,43 @@ def test_a_200_with_a_job_id_returns_it_after_posting_the_json_body_to_the_whole
         httpx.Response(200, json=["job_id"]),
         httpx.Response(200, content=b"<html>OK</html>"),
         httpx.Response(200),
+        httpx.Response(200, content=b'{"job_id": "ff8080828'),
+        httpx.Response(200, json={"job_id": "job 1"}),
+        httpx.Response(200, json={"job_id": "../../v3/auth"}),
+        httpx.Response(200, json={"job_id": "a\u0000b"}),
+        httpx.Response(200, json={"job_id": "ff80\r\nX-Evil: 1"}),
+        httpx.Response(200, json={"job_id": "jöb"}),
+        httpx.Response(200, json={"job_id": "a?b=c"}),
     ],
-    ids=["no-job-id", "empty-job-id", "numeric-job-id", "array", "not-json", "empty-body"],
+    ids=[
+        "no-job-id",
+        "empty-job-id",
+        "numeric-job-id",
+        "array",
+        "not-json",
+        "empty-body",
+        "truncated-json",
+        "space",
+        "dot-dot-slash",
+        "nul",
+        "crlf",
+        "non-ascii",
+        "query",
+    ],
 )
-def test_a_200_without_a_usable_job_id_is_an_upstream_error(answer: httpx.Response) -> None:
-    harness = make_client(ScriptedIms([answer]))
+def test_a_200_without_a_plain_job_id_is_uncertain_and_never_resent(
+    answer: httpx.Response,
+) -> None:
+    # IMS said 200: it may well have made the job, so the same POST must not go out again.
+    ims = ScriptedIms([answer, accepted()])
+    harness = make_client(ims)
 
-    with pytest.raises(UpstreamError) as raised:
+    with pytest.raises(SubmissionUncertainError) as raised:
         harness.client.create_whole_image(BODY)
 
-    assert type(raised.value) is UpstreamError
-    assert raised.value.http_status == 502
+    assert type(raised.value) is SubmissionUncertainError
+    assert len(ims.requests) == 1
+    assert harness.sleeps == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,10 +302,9 @@ def test_401_and_403_are_upstream_auth_errors_answered_502_and_never_retried(
         ims_error(404, "APIGW.0101", "The API does not exist"),
         httpx.Response(400, content=b"Bad Request"),
         httpx.Response(418, json={}),
-        httpx.Response(501, json={}),
         httpx.Response(302, headers={"Location": "https://elsewhere.test/"}),
     ],
-    ids=["400-apigw", "404-apigw", "400-text", "418", "501", "302"],
+    ids=["400-apigw", "404-apigw", "400-text", "418", "302"],
 )
 def test_an_answer_without_an_img_code_is_a_plain_upstream_error_answered_502(
     response: httpx.Response,
@@ -312,7 +338,7 @@ def test_a_429_with_retry_after_is_waited_out_then_the_job_id_returned() -> None
 def test_a_retry_after_given_as_an_http_date_is_waited_until_that_moment() -> None:
     # Given a date ten seconds ahead (HTTP-dates have whole seconds, and the clock runs on)
     moment = datetime.now(UTC) + timedelta(seconds=10)
-    answer = httpx.Response(503, headers={"Retry-After": format_datetime(moment, usegmt=True)})
+    answer = httpx.Response(429, headers={"Retry-After": format_datetime(moment, usegmt=True)})
     harness = make_client(ScriptedIms([answer, accepted()]))
 
     assert harness.client.create_whole_image(BODY) == JOB_ID
@@ -348,9 +374,9 @@ def test_an_absent_retry_after_reads_as_none() -> None:
     assert retry_after_seconds(httpx.Response(429), now=T0) is None
 
 
-def test_503_on_every_attempt_ends_in_upstream_unavailable_after_exactly_max_attempts() -> None:
+def test_throttling_on_every_attempt_ends_in_upstream_unavailable_after_max_attempts() -> None:
     retry = RetryPolicy(max_attempts=3)
-    ims = ScriptedIms([ims_error(503, "APIGW.0201", "Backend unavailable") for _ in range(3)])
+    ims = ScriptedIms([ims_error(429, "APIGW.0308", "Too many requests") for _ in range(3)])
     harness = make_client(ims, retry=retry)
 
     with pytest.raises(UpstreamUnavailableError) as raised:
@@ -364,9 +390,9 @@ def test_503_on_every_attempt_ends_in_upstream_unavailable_after_exactly_max_att
     assert raised.value.retry_after == math.ceil(retry.max_delay)
     assert raised.value.headers() == {"Retry-After": str(raised.value.retry_after)}
     assert raised.value.upstream == {
-        "status": 503,
-        "code": "APIGW.0201",
-        "message": "Backend unavailable",
+        "status": 429,
+        "code": "APIGW.0308",
+        "message": "Too many requests",
     }
 
 
@@ -374,14 +400,16 @@ def test_503_on_every_attempt_ends_in_upstream_unavailable_after_exactly_max_att
     "transient",
     [
         ims_error(429, "APIGW.0308", "Too many requests"),
-        ims_error(500, "IMG.0061", "Unknown system error"),
-        httpx.Response(502, content=b"Bad Gateway"),
-        httpx.Response(503),
+        httpx.Response(429),
         ims_error(400, "IMG.0060", "The number of tasks exceeds the flow control limit."),
+        ims_error(503, "IMG.0060", "The number of tasks exceeds the flow control limit."),
+        gateway_error(500, "APIGW.0308", "The throttling threshold has been reached"),
     ],
-    ids=["429", "500", "502", "503", "400-IMG.0060-flow-control"],
+    ids=["429", "429-bare", "400-IMG.0060", "503-IMG.0060", "500-APIGW.0308"],
 )
-def test_transient_answers_are_retried_then_the_job_id_returned(transient: httpx.Response) -> None:
+def test_certain_refusals_are_retried_then_the_job_id_returned(
+    transient: httpx.Response,
+) -> None:
     ims = ScriptedIms([transient, accepted()])
     harness = make_client(ims)
 
@@ -395,7 +423,7 @@ def test_transient_answers_are_retried_then_the_job_id_returned(transient: httpx
 def test_backoff_without_retry_after_is_full_jitter_under_the_capped_exponential(seed: int) -> None:
     # Given a policy whose cap is reached by the fourth retry
     retry = RetryPolicy(max_attempts=7, base_delay=0.5, max_delay=3.0, budget=1_000.0)
-    ims = ScriptedIms([httpx.Response(503) for _ in range(7)])
+    ims = ScriptedIms([httpx.Response(429) for _ in range(7)])
     harness = make_client(ims, retry=retry, seed=seed)
 
     # When
@@ -444,8 +472,38 @@ def test_a_retry_after_longer_than_the_remaining_budget_stops_retrying_early() -
     assert raised.value.headers()["Retry-After"] == "30"
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ims_error(500, "IMG.0061", "Unknown system error"),
+        httpx.Response(500),
+        httpx.Response(502, content=b"Bad Gateway"),
+        httpx.Response(503),
+        ims_error(503, "APIGW.0201", "Backend unavailable"),
+        httpx.Response(501, json={}),
+        httpx.Response(599),
+    ],
+    ids=["500-IMG.0061", "500", "502", "503", "503-apigw", "501", "599"],
+)
+def test_a_5xx_after_the_post_was_sent_is_uncertain_and_never_resent(
+    answer: httpx.Response,
+) -> None:
+    # IMS (or its gateway) may have passed the job on before failing: sending it again could
+    # make a second image, so the caller is told the outcome is unknown instead.
+    ims = ScriptedIms([answer, accepted()])
+    harness = make_client(ims)
+
+    with pytest.raises(SubmissionUncertainError) as raised:
+        harness.client.create_whole_image(BODY)
+
+    assert len(ims.requests) == 1
+    assert harness.sleeps == []
+    assert raised.value.upstream is not None
+    assert raised.value.upstream["status"] == answer.status_code
+
+
 def test_a_first_retry_after_beyond_the_budget_means_a_single_request() -> None:
-    ims = ScriptedIms([httpx.Response(503, headers={"Retry-After": "60"}), accepted()])
+    ims = ScriptedIms([httpx.Response(429, headers={"Retry-After": "60"}), accepted()])
     harness = make_client(ims, retry=RetryPolicy(budget=20.0))
 
     with pytest.raises(UpstreamUnavailableError) as raised:
@@ -671,7 +729,7 @@ def test_a_query_string_is_signed_as_the_official_sdk_signs_it() -> None:
 
 def test_each_retry_is_signed_afresh_with_the_current_date() -> None:
     clock = Clock()
-    ims = ScriptedIms([httpx.Response(503, headers={"Retry-After": "2"}), accepted()])
+    ims = ScriptedIms([httpx.Response(429, headers={"Retry-After": "2"}), accepted()])
     http = httpx.Client(transport=httpx.MockTransport(ims), base_url=IMS, auth=aksk(clock=clock))
 
     def sleep(seconds: float) -> None:

@@ -1547,6 +1547,7 @@ def test_the_standard_digest_event_carries_counts_and_every_result_failures_firs
         "SUCCESS": sum(r.status == "SUCCESS" for r in results),
         "FAIL": sum(r.status == "FAIL" for r in results),
         "TIMED_OUT": sum(r.status == "TIMED_OUT" for r in results),
+        "UNCONFIRMED": sum(r.status == "UNCONFIRMED" for r in results),
     }
     assert sorted(item["key"] for item in data["results"]) == sorted(r.key for r in results)
     order = [item["status"] for item in data["results"]]

@@ -41,7 +41,12 @@ from wholeimage.results import Channel, JobResult, Verdict
 
 # Discord asks for this User-Agent shape; Cloudflare may block requests without a valid one.
 _USER_AGENT = "DiscordBot (https://wholeimage.example, 0.1)"
-_COLOUR: dict[Verdict, int] = {"FAIL": 15158332, "TIMED_OUT": 15965202, "SUCCESS": 3066993}
+_COLOUR: dict[Verdict, int] = {
+    "FAIL": 15158332,
+    "TIMED_OUT": 15965202,
+    "UNCONFIRMED": 15965202,
+    "SUCCESS": 3066993,
+}
 _PAYLOAD_CODES = {
     50035: "invalid form body",
     50006: "cannot send an empty message",

@@ -42,7 +42,12 @@ from wholeimage.channels.text import (
 from wholeimage.results import Channel, JobResult, Verdict
 
 # The card header template of each verdict.
-_TEMPLATE: dict[Verdict, str] = {"FAIL": "red", "TIMED_OUT": "orange", "SUCCESS": "green"}
+_TEMPLATE: dict[Verdict, str] = {
+    "FAIL": "red",
+    "TIMED_OUT": "orange",
+    "UNCONFIRMED": "orange",
+    "SUCCESS": "green",
+}
 _CODES: dict[int, KnownCode] = {
     9499: KnownCode("permanent", "bad request: malformed, or over 20 KB"),
     19021: KnownCode(

@@ -29,6 +29,7 @@ _EVENT_TYPES = {
     "SUCCESS": "wholeimage.job.succeeded",
     "FAIL": "wholeimage.job.failed",
     "TIMED_OUT": "wholeimage.job.timed_out",
+    "UNCONFIRMED": "wholeimage.job.unconfirmed",
 }
 DIGEST_EVENT_TYPE = "wholeimage.jobs.digest"
 

@@ -37,7 +37,12 @@ from wholeimage.results import Channel, JobResult, Verdict
 # Adaptive Cards' markdown has no code spans, and FactSet titles are already bold.
 TEAMS_MARKUP = Markup(commonmark_escape, lambda text: text, commonmark_escape)
 # The Container style of each verdict's banner.
-_BANNER_STYLE: dict[Verdict, str] = {"FAIL": "attention", "TIMED_OUT": "warning", "SUCCESS": "good"}
+_BANNER_STYLE: dict[Verdict, str] = {
+    "FAIL": "attention",
+    "TIMED_OUT": "warning",
+    "UNCONFIRMED": "warning",
+    "SUCCESS": "good",
+}
 
 
 class TeamsTarget(ChatTarget):

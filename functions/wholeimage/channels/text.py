@@ -38,6 +38,7 @@ class Look:
 LOOKS: dict[str, Look] = {
     "FAIL": Look("FAIL", "failed", "❌", "#E01E5A", 0),
     "TIMED_OUT": Look("TIMED_OUT", "timed out", "⏱", "#ECB22E", 1),
+    "UNCONFIRMED": Look("UNCONFIRMED", "was not confirmed", "❔", "#ECB22E", 1),
     "SUCCESS": Look("SUCCESS", "succeeded", "✅", "#2EB67D", 2),
 }
 _SOURCES = {"ecs": "ECS", "csbs": "CSBS backup", "cbr": "CBR backup"}

@@ -32,7 +32,12 @@ from wholeimage.channels.text import (
 from wholeimage.results import Channel, JobResult, Verdict
 
 # The <font color> of each verdict: WeCom knows three named colours.
-_FONT_COLOUR: dict[Verdict, str] = {"FAIL": "warning", "TIMED_OUT": "comment", "SUCCESS": "info"}
+_FONT_COLOUR: dict[Verdict, str] = {
+    "FAIL": "warning",
+    "TIMED_OUT": "comment",
+    "UNCONFIRMED": "comment",
+    "SUCCESS": "info",
+}
 _CODES: dict[int, KnownCode] = {
     93000: KnownCode(
         "permanent", "invalid webhook URL: wrong key, or the robot was removed; disable it"

@@ -49,7 +49,7 @@ from wholeimage.errors import (
 )
 from wholeimage.jsonbody import decode_json
 from wholeimage.logs import redact
-from wholeimage.models import OUTSTANDING, Job, JobStatus
+from wholeimage.models import ENDED, OUTSTANDING, Job, JobStatus
 from wholeimage.service.delivery import Redrive, dead_letters, deliver
 from wholeimage.service.jobs import create_request, find_by_any_id, list_jobs, submit
 from wholeimage.service.tick import TickReport, tick
@@ -383,7 +383,7 @@ def status_command(args: argparse.Namespace, output: Output) -> int:
     """``status``: one job by IMS job id or request id; exit 1 when it failed or timed out."""
     job = find_by_any_id(dependencies(), args.job)
     output.answer(job.public_view(None), job_text(job))
-    return EXIT_FAILED if job.status in (JobStatus.FAIL, JobStatus.TIMED_OUT) else EXIT_OK
+    return EXIT_FAILED if job.status in ENDED - {JobStatus.SUCCESS} else EXIT_OK
 
 
 def list_command(args: argparse.Namespace, output: Output) -> int:

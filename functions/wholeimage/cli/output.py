@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # the job failed or timed out (submit --wait, status), or the tick aborted
+EXIT_FAILED = 1  # the job failed, timed out or stayed unconfirmed (submit --wait, status), or the tick aborted
 EXIT_USAGE = 2  # bad arguments, an invalid body, or a setting missing or malformed
 EXIT_UNAVAILABLE = 3  # IMS or the state store is unavailable: retry later
 EXIT_NOT_FOUND = 4  # no tracked job has this id

@@ -1,19 +1,21 @@
 """The IMS client port and its httpx adapter: calls, retries, and IMS answers as our errors.
 
 The adapter is handed an ``httpx.Client`` whose auth signs each request or adds a token
-(``wholeimage.ims.auth``). What IMS answers becomes (docs/ims-api.md §1.5, §3):
+(``wholeimage.ims.auth``). A create POST is a write IMS may accept only once, so what its
+answer means decides whether it may be sent again (docs/ims-api.md §3.4, docs/reconcile.md):
 
-- 200 with a ``job_id``: the job id;
-- 401/403: ``UpstreamAuthError`` (our credentials are wrong, never the caller's fault);
-- 429, 500, 502, 503 and ``IMG.0060`` (flow control): retried with capped exponential backoff,
-  full jitter, honouring ``Retry-After``; then ``UpstreamUnavailableError`` with a retry hint;
-- another 4xx with an ``IMG.`` code: ``ImsRejectedError`` carrying IMS's code and message;
-- anything else: ``UpstreamError``.
+- 200 with a plain ``job_id``: the job id;
+- certainly refused, so retried with capped exponential backoff, full jitter and
+  ``Retry-After``, then ``UpstreamUnavailableError``: nothing was sent (no connection, or the
+  auth's IAM token request failed first), 429, or the flow-control codes ``IMG.0060`` and
+  ``APIGW.0308`` at any status;
+- certainly refused, never retried: 401/403 (``UpstreamAuthError``), a redirect or another
+  4xx (``ImsRejectedError`` with IMS's ``IMG.`` code, else ``UpstreamError``);
+- everything else is *uncertain*, ``SubmissionUncertainError``, never sent again: a 5xx after
+  the request went out, a timeout or lost connection after sending (``UpstreamTimeoutError``),
+  a 200 without a readable, plain job id.
 
-A POST that never reached IMS (no connection, or the auth's IAM token request failed first) is
-retried like a 503. A POST that timed out after it was sent (read timeout, connection lost, 504)
-may have been accepted: it raises ``UpstreamTimeoutError(request_sent=True)`` and is never
-resubmitted.
+Reads (the image list) are safe to repeat: 5xx and transport errors are retried too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import httpx
 
 from wholeimage.errors import (
     ImsRejectedError,
+    SubmissionUncertainError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -41,9 +45,29 @@ from wholeimage.httputil import retry_after_seconds
 log = logging.getLogger("wholeimage.ims.client")
 
 CREATE_PATH = "/v1/cloudimages/wholeimages/action"
+IMAGES_PATH = "/v2/cloudimages"
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 FLOW_CONTROL_CODE = "IMG.0060"
-_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503})
+# Refusals that say "too many requests, nothing done" (docs/ims-api.md §3.2, §3.3).
+_FLOW_CONTROL_CODES = frozenset({FLOW_CONTROL_CODE, "APIGW.0308"})
+# Statuses a safe read (never a write) tries again.
+_READ_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# What an IMS job or image id may be before it enters a path, a header or the store: IMS's are
+# 32 hex characters or UUIDs; anything with a space, a control or non-ASCII character, "/", "?",
+# "%" or a leading dot could break the signature or name another path (docs/ims-api.md §1.5).
+PLAIN_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+# The image statuses IMS documents (docs/ims-api.md §2.5).
+IMAGE_STATUSES = frozenset({"queued", "saving", "active", "killed", "deleted"})
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image of IMS's image list, the fields reconciliation reads."""
+
+    image_id: str
+    name: str
+    status: str
+    created_at: str | None = None
 
 
 class ImsClient(Protocol):
@@ -51,6 +75,10 @@ class ImsClient(Protocol):
 
     def create_whole_image(self, body: dict[str, Any]) -> str:
         """Submit a full-ECS image request; return IMS's job id."""
+        ...
+
+    def find_whole_images(self, *, tag_key: str, tag_value: str) -> list[ImageSummary]:
+        """The full-ECS images of this project that carry the tag ``tag_key=tag_value``."""
         ...
 
 
@@ -135,16 +163,37 @@ class HttpImsClient:
         except (ValueError, KeyError, TypeError):
             job_id = None
         if not isinstance(job_id, str) or not job_id:
-            raise UpstreamError("IMS accepted the request but its answer has no job_id")
+            raise SubmissionUncertainError(
+                "IMS answered 200 without a readable job_id; it may have accepted the request"
+            )
+        if not PLAIN_JOB_ID.fullmatch(job_id):
+            raise SubmissionUncertainError(
+                "IMS answered 200 with a job id that is not a plain token; it was not recorded"
+            )
         return job_id
 
+    def find_whole_images(self, *, tag_key: str, tag_value: str) -> list[ImageSummary]:
+        """See ``ImsClient.find_whole_images`` (``GET /v2/cloudimages``, docs/ims-api.md §2.5).
+
+        Raises:
+            UpstreamError: IMS failed or answered something we cannot read (its subclasses
+                as for the create call); nothing is assumed about the images then.
+        """
+        params = {"tag": f"{tag_key}={tag_value}", "__whole_image": "true"}
+        response = self._with_retries(lambda: self._read(IMAGES_PATH, params))
+        return parse_image_list(response)
+
     def _post(self, path: str, content: bytes) -> httpx.Response:
-        """POST with bounded retries of what IMS certainly did not accept."""
+        """POST, retrying only what IMS certainly did not accept."""
+        return self._with_retries(lambda: self._attempt(path, content))
+
+    def _with_retries(self, attempt_once: Callable[[], httpx.Response]) -> httpx.Response:
+        """``attempt_once`` with bounded retries of what it raises as ``_Retryable``."""
         waited = 0.0
         last: _Retryable | None = None
         for attempt in range(1, self._retry.max_attempts + 1):
             try:
-                return self._attempt(path, content)
+                return attempt_once()
             except _Retryable as retryable:
                 last = retryable
             if attempt == self._retry.max_attempts:
@@ -169,6 +218,26 @@ class HttpImsClient:
             retry_after=max(1, math.ceil(hint)),
             upstream=last.upstream,
         )
+
+    def _read(self, path: str, params: dict[str, str]) -> httpx.Response:
+        """One GET; a failure that a repeat may cure is ``_Retryable``."""
+        try:
+            response = self._http.request("GET", path, params=params)
+        except httpx.TransportError as exc:
+            raise _Retryable(None, {"error": type(exc).__name__}) from exc
+        status = response.status_code
+        if status == 200:
+            return response
+        code, message = upstream_code_and_message(response)
+        upstream = {"status": status, "code": code, "message": message}
+        if status in _READ_RETRY_STATUSES or code in _FLOW_CONTROL_CODES:
+            raise _Retryable(retry_after_seconds(response), upstream)
+        if status in (401, 403):
+            raise UpstreamAuthError(
+                f"IMS refused wholeimage's credentials ({status}); an operator must fix them",
+                upstream=upstream,
+            )
+        raise UpstreamError(f"IMS answered {status} to an image query", upstream=upstream)
 
     def _attempt(self, path: str, content: bytes) -> httpx.Response:
         try:
@@ -195,20 +264,63 @@ class HttpImsClient:
             return response
         code, message = upstream_code_and_message(response)
         upstream = {"status": status, "code": code, "message": message}
-        if status in _RETRYABLE_STATUSES or code == FLOW_CONTROL_CODE:
+        if status == 429 or code in _FLOW_CONTROL_CODES:
             raise _Retryable(retry_after_seconds(response), upstream)
-        if status == 504:
-            raise UpstreamTimeoutError(
-                "IMS's gateway timed out after the request was sent; it may have been accepted",
-                request_sent=True,
-            )
         if status in (401, 403):
             raise UpstreamAuthError(
                 f"IMS refused wholeimage's credentials ({status}); an operator must fix them",
                 upstream=upstream,
             )
-        if 400 <= status < 500 and code and code.startswith("IMG."):
-            raise ImsRejectedError(
-                f"IMS refused the request: {message or code}", http_status=status, upstream=upstream
+        # A redirect or a 4xx: the gateway or IMS did not act on the request.
+        if 300 <= status < 500:
+            if code and code.startswith("IMG."):
+                raise ImsRejectedError(
+                    f"IMS refused the request: {message or code}",
+                    http_status=status,
+                    upstream=upstream,
+                )
+            raise UpstreamError(f"IMS refused the request ({status})", upstream=upstream)
+        if status == 504:
+            raise UpstreamTimeoutError(
+                "IMS's gateway timed out after the request was sent; it may have been accepted",
+                request_sent=True,
             )
-        raise UpstreamError(f"IMS answered {status} unexpectedly", upstream=upstream)
+        # A 5xx (or anything stranger) after the request went out: IMS may have taken it.
+        raise SubmissionUncertainError(
+            f"IMS answered {status} after the request was sent; it may have been accepted",
+            upstream=upstream,
+        )
+
+
+def parse_image_list(response: httpx.Response) -> list[ImageSummary]:
+    """The images of a ``GET /v2/cloudimages`` answer, each checked before it is used.
+
+    Raises:
+        UpstreamError: the answer is not the documented shape, or an image id is not plain.
+    """
+    try:
+        payload = response.json()
+    except ValueError as exc:
+        raise UpstreamError("IMS's image list answer is not JSON") from exc
+    images = payload.get("images") if isinstance(payload, dict) else None
+    if not isinstance(images, list):
+        raise UpstreamError("IMS's image list answer has no images list")
+    found: list[ImageSummary] = []
+    for item in images:
+        if not isinstance(item, dict):
+            raise UpstreamError("IMS's image list holds something that is not an image")
+        image_id, name, status = item.get("id"), item.get("name"), item.get("status")
+        if not isinstance(image_id, str) or not PLAIN_JOB_ID.fullmatch(image_id):
+            raise UpstreamError("IMS's image list holds an image id that is not a plain token")
+        if not isinstance(status, str) or status not in IMAGE_STATUSES:
+            raise UpstreamError("IMS's image list holds an image with an unknown status")
+        created = item.get("created_at")
+        found.append(
+            ImageSummary(
+                image_id=image_id,
+                name=name if isinstance(name, str) else "",
+                status=status,
+                created_at=created if isinstance(created, str) else None,
+            )
+        )
+    return found

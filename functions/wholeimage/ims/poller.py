@@ -18,7 +18,6 @@ which says why), all sharing one SSL context; any client with ``get(path)`` and 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -28,7 +27,7 @@ import httpx
 
 from wholeimage.httputil import USER_AGENT, RateLimiter, retry_after_seconds, shared_ssl_context
 from wholeimage.ims.auth import AkSkAuth, HeaderSigner, IamPasswordAuth, StaticTokenAuth
-from wholeimage.ims.client import FLOW_CONTROL_CODE, upstream_code_and_message
+from wholeimage.ims.client import FLOW_CONTROL_CODE, PLAIN_JOB_ID, upstream_code_and_message
 from wholeimage.ims.job_report import JobReport, parse_job_report
 from wholeimage.ims.keepalive import KeepAlivePollClient
 
@@ -39,11 +38,6 @@ if TYPE_CHECKING:
 PollOutcome = Literal[
     "report", "not_found", "throttled", "transient", "auth", "rejected", "not_sent", "unpollable"
 ]
-
-# What an IMS job id may be before it goes into a path: IMS's are 32 hex characters; anything
-# with a space, a control or non-ASCII character, "/", "?", "%" or a leading dot could break the
-# signature or name another path, so it is never sent (docs/ims-api.md §1.5).
-PLAIN_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate
 _MESSAGES = {
     JobStatus.SUBMITTED: "IMS accepted the request; the job is tracked until it ends.",
     JobStatus.SUBMIT_UNCERTAIN: (
-        "IMS did not answer in time after the request was sent: it may or may not have created the "
-        "job. It was recorded and will not be resubmitted automatically; check IMS before retrying "
-        "with a new idempotency key."
+        "IMS's answer was lost after the request was sent: it may or may not have made the image. "
+        "The job is recorded and never resubmitted; wholeimage asks IMS for the image by this "
+        "request's marker tag and tracks it to a verdict. Do not retry with a new idempotency key."
     ),
 }
 _REPLAYED = (

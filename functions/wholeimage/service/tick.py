@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 from wholeimage.bootstrap import Dependencies
 from wholeimage.check import CheckConfig, CheckSummary, run_check_sync
 from wholeimage.ims.poller import JobPoller, job_poller
+from wholeimage.models import Job
 from wholeimage.notify import NotifySummary, outbox_for
 from wholeimage.poll_backoff import PollBackoff
+from wholeimage.reconcile import Lookup, ReconcileConfig, lookup_by_marker
 from wholeimage.results import console_url
 from wholeimage.service.outbox import channels, deliver_now
-from wholeimage.service.ports import ims_connection
+from wholeimage.service.ports import ims_client, ims_connection
 from wholeimage.settings import Settings
 
 # The least budget inline delivery gets after a tick, even when the tick used up its own.
@@ -30,12 +33,21 @@ def check_config(settings: Settings) -> CheckConfig:
         concurrency=settings.check_concurrency,
         # A lease outlives the budget plus one IMS timeout, so no live tick loses its jobs.
         lease=timedelta(seconds=budget + settings.ims_timeout + 60),
+        reconcile=ReconcileConfig(
+            after=timedelta(seconds=settings.reconcile_after),
+            window=timedelta(seconds=settings.reconcile_window),
+        ),
     )
 
 
 def poller_for(deps: Dependencies) -> JobPoller:
     """The async job poller, built from the settings on first use."""
     return deps.once("poller", lambda: job_poller(ims_connection(deps), deps.settings))
+
+
+def marker_lookup(deps: Dependencies) -> Callable[[Job], Lookup]:
+    """Reconciliation's question to IMS, over the synchronous client ``create`` uses."""
+    return lambda job: lookup_by_marker(ims_client(deps), job)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ def tick(deps: Dependencies) -> TickReport:
         poller=poller_for(deps),
         config=check_config(settings),
         outbox=outbox,
+        lookup=marker_lookup(deps),
     )
     if not (configured and settings.notify_inline):
         return TickReport(check=summary)

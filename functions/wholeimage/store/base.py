@@ -33,6 +33,8 @@ from wholeimage.store.records import (
     JOB_COLUMNS,
     NOTIFICATION_COLUMNS,
     OUTSTANDING_SQL,
+    RECORDABLE_SQL,
+    UNRESOLVED_SQL,
     Notification,
     Outbox,
     PollUpdate,
@@ -57,6 +59,21 @@ DUE_JOBS = (
     f"status IN ({OUTSTANDING_SQL}) AND next_poll_at <= :now "
     "AND (lease_expires_at IS NULL OR lease_expires_at < :now)"
 )
+# What ``claim_unresolved`` may lease (``:now``, ``:stale_before``).
+UNRESOLVED_JOBS = (
+    f"status IN ({UNRESOLVED_SQL}) "
+    "AND ((next_poll_at IS NULL AND updated_at <= :stale_before) OR next_poll_at <= :now) "
+    "AND (lease_expires_at IS NULL OR lease_expires_at < :now)"
+)
+# Conditional on the row still being claimable, so of two concurrent claimers one wins (in
+# PostgreSQL the loser's UPDATE waits for the winner's row lock, then re-checks and skips).
+_LEASE_UNRESOLVED = (
+    "UPDATE jobs SET lease_owner = :owner, lease_expires_at = :lease_until, "
+    "fail_reason = CASE WHEN status = 'SUBMITTING' THEN :interrupted ELSE fail_reason END, "
+    "status = 'SUBMIT_UNCERTAIN', updated_at = :now "
+    f"WHERE request_id = :request_id AND {UNRESOLVED_JOBS}"
+)
+INTERRUPTED_REASON = "the submission was interrupted; IMS may have accepted it"
 # What ``claim_notifications`` may lease, likewise.
 DUE_NOTIFICATIONS = (
     "state = 'PENDING' AND next_attempt_at <= :now "
@@ -75,7 +92,7 @@ _RECORD_POLL = (
     "fail_reason = :fail_reason, ended_at = :ended_at, next_poll_at = :next_poll_at, "
     "updated_at = :updated_at, poll_attempts = poll_attempts + :queried, "
     "lease_owner = NULL, lease_expires_at = NULL "
-    f"WHERE request_id = :request_id AND lease_owner = :owner AND status IN ({OUTSTANDING_SQL})"
+    f"WHERE request_id = :request_id AND lease_owner = :owner AND status IN ({RECORDABLE_SQL})"
 )
 
 # Only the lease holder settles, and only a PENDING row: a delivery is recorded once.
@@ -234,6 +251,43 @@ class SqlJobStore(ABC, Generic[Handle]):
         self, *, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> list[Job]:
         """See ``JobStore.claim_due`` (``DUE_JOBS`` says which jobs)."""
+
+    def claim_unresolved(
+        self,
+        *,
+        now: datetime,
+        owner: str,
+        lease_until: datetime,
+        stale_before: datetime,
+        limit: int,
+    ) -> list[Job]:
+        """See ``JobStore.claim_unresolved``: few rows, so one conditional update each."""
+        params = {"now": to_epoch(now), "stale_before": to_epoch(stale_before)}
+        claimed: list[Job] = []
+        with self._transaction() as handle:
+            rows = self._all(
+                handle,
+                f"SELECT request_id FROM jobs WHERE {UNRESOLVED_JOBS} "
+                "ORDER BY updated_at LIMIT :limit",
+                {**params, "limit": limit},
+            )
+            for row in rows:
+                leased = self._run(
+                    handle,
+                    _LEASE_UNRESOLVED,
+                    {
+                        **params,
+                        "owner": owner,
+                        "lease_until": to_epoch(lease_until),
+                        "interrupted": INTERRUPTED_REASON,
+                        "request_id": row["request_id"],
+                    },
+                )
+                if leased == 1:
+                    job = self._job(handle, "request_id = :id", id=row["request_id"])
+                    if job is not None:
+                        claimed.append(job)
+        return claimed
 
     def record_polls(
         self, updates: list[PollUpdate], *, owner: str, outbox: Outbox | None = None

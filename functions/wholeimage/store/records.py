@@ -16,9 +16,14 @@ Contract of a ``JobStore`` (each method is one transaction):
 - ``get`` / ``get_by_ims_job_id`` read one job.
 - ``claim_due`` leases up to ``limit`` outstanding jobs whose next poll is due and whose lease
   (if any) has expired, earliest first; concurrent claims never return the same job.
+- ``claim_unresolved`` leases, likewise, jobs whose submission outcome is unknown and due for
+  reconciliation: ``SUBMIT_UNCERTAIN`` ones whose ``next_poll_at`` is due (or, never asked
+  yet, last updated before ``stale_before``) and ``SUBMITTING`` ones last updated before
+  ``stale_before`` (their process died mid-call), which become ``SUBMIT_UNCERTAIN`` as they are
+  claimed, so a late ``mark_submitted`` no longer applies.
 - ``record_polls`` applies poll outcomes in one transaction, each only while the caller still
-  holds that job's lease and the job is outstanding: an end is recorded exactly once. It
-  returns the updates it applied.
+  holds that job's lease and the job is outstanding (or ``SUBMIT_UNCERTAIN``, being
+  reconciled): an end is recorded exactly once. It returns the updates it applied.
 - ``count_outstanding`` / ``next_due_at`` summarise what is left.
 - ``list_jobs`` lists jobs newest first (by ``created_at``), optionally only some statuses and
   only those created since a moment, at most ``limit`` (what an operator's ``list`` shows).
@@ -44,6 +49,7 @@ from typing import Any, Protocol
 
 from wholeimage.errors import BackupInUseError
 from wholeimage.models import BACKUP_BLOCKING, OUTSTANDING, CreateImageRequest, Job, JobStatus
+from wholeimage.statuses import UNRESOLVED
 
 JOB_COLUMNS = (
     "request_id",
@@ -81,6 +87,9 @@ def status_list(statuses: frozenset[JobStatus]) -> str:
 
 OUTSTANDING_SQL = status_list(OUTSTANDING)
 BACKUP_BLOCKING_SQL = status_list(BACKUP_BLOCKING)
+UNRESOLVED_SQL = status_list(UNRESOLVED)
+# What ``record_polls`` may change: polled jobs, and uncertain ones being reconciled.
+RECORDABLE_SQL = status_list(OUTSTANDING | {JobStatus.SUBMIT_UNCERTAIN})
 # The source kinds that are backups: one backup makes at most one image (an ECS, any number).
 BACKUP_KINDS = ("csbs", "cbr")
 BACKUP_KINDS_SQL = ", ".join(f"'{kind}'" for kind in BACKUP_KINDS)
@@ -110,9 +119,17 @@ class PollUpdate:
         at: datetime,
         process_percent: float | None,
         next_poll_at: datetime,
+        image_id: str | None = None,
     ) -> PollUpdate:
         """Still outstanding: poll again at ``next_poll_at``."""
-        return cls(job.request_id, status, at, next_poll_at, process_percent=process_percent)
+        return cls(
+            job.request_id,
+            status,
+            at,
+            next_poll_at,
+            process_percent=process_percent,
+            image_id=image_id,
+        )
 
     @classmethod
     def end(
@@ -126,7 +143,7 @@ class PollUpdate:
         error_code: str | None = None,
         fail_reason: str | None = None,
     ) -> PollUpdate:
-        """The job reached ``SUCCESS``, ``FAIL`` or ``TIMED_OUT``."""
+        """The job reached ``SUCCESS``, ``FAIL``, ``TIMED_OUT`` or ``UNCONFIRMED``."""
         return cls(
             job.request_id,
             status,
@@ -306,6 +323,18 @@ class JobStore(Protocol):
         self, *, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> list[Job]:
         """Lease due outstanding jobs to ``owner`` until ``lease_until``."""
+        ...
+
+    def claim_unresolved(
+        self,
+        *,
+        now: datetime,
+        owner: str,
+        lease_until: datetime,
+        stale_before: datetime,
+        limit: int,
+    ) -> list[Job]:
+        """Lease jobs due for reconciliation (see the module docstring), oldest first."""
         ...
 
     def record_polls(

@@ -18,7 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from wholeimage.store.records import BACKUP_BLOCKING_SQL, BACKUP_KINDS_SQL, OUTSTANDING_SQL
+from wholeimage.store.records import (
+    BACKUP_BLOCKING_SQL,
+    BACKUP_KINDS_SQL,
+    OUTSTANDING_SQL,
+    UNRESOLVED_SQL,
+)
 
 
 class Type(Enum):
@@ -155,4 +160,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # `list` reads the newest jobs first.
     (Index("jobs_created", "jobs", ("created_at",)),),
+    # `check` reconciles the few jobs whose submission outcome is unknown.
+    (Index("jobs_unresolved", "jobs", ("updated_at",), where=f"status IN ({UNRESOLVED_SQL})"),),
 )
