@@ -29,6 +29,7 @@ from wholeimage.errors import (
     ImsRejectedError,
     NotFoundError,
     SubmissionInProgressError,
+    SubmissionUncertainError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -160,6 +161,8 @@ def test_a_submission_is_recorded_as_submitted_with_the_ims_job_id_and_a_first_p
     assert (job.source_kind, job.source_id) == ("ecs", ECS_BODY["instance_id"])
     assert job.fail_reason is None
     assert bench.ims.submitted == [ECS_BODY]
+    # The marker IMS can be asked about later is the job's own request id (docs/reconcile.md).
+    assert bench.ims.markers == [job.request_id]
     assert bench.store.get(job.request_id) == job
 
 
@@ -439,13 +442,20 @@ def test_a_submission_ims_definitely_refused_leaves_nothing_behind_so_a_retry_go
 
 
 @BACKUP_BODIES
-def test_a_timeout_after_the_request_was_sent_is_kept_as_uncertain_and_never_resubmitted(
-    bench, body
-):
-    timeout = UpstreamTimeoutError(
-        "IMS did not answer after the request was sent; it may have been accepted",
-        request_sent=True,
-    )
+@pytest.mark.parametrize(
+    "lost",
+    [
+        UpstreamTimeoutError(
+            "IMS did not answer after the request was sent; it may have been accepted",
+            request_sent=True,
+        ),
+        SubmissionUncertainError("IMS answered 502 after the request was sent"),
+        SubmissionUncertainError("IMS answered 200 without a readable job_id"),
+    ],
+    ids=["timeout", "5xx", "unreadable-200"],
+)
+def test_a_lost_answer_is_kept_as_uncertain_and_never_resubmitted(bench, body, lost):
+    timeout = lost
     bench.ims.script.append(timeout)
 
     outcome = bench.submit(body, key="key-1")

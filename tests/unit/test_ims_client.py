@@ -1126,3 +1126,113 @@ def test_no_secret_appears_in_any_raised_error() -> None:
         exposed = str(error) + json.dumps(error.body()) + json.dumps(error.headers())
         for secret in SECRETS:
             assert secret not in exposed, (type(error).__name__, secret)
+
+
+# ---------------------------------------------------------------------------------------------
+# The image list by marker tag (reconciliation's question, docs/ims-api.md §2.5)
+# ---------------------------------------------------------------------------------------------
+
+MARKER = "5f0c2a7d9e3b4c1a8f6e2d4b0a9c7e15"
+IMAGE_ID = "c1a4b2f3-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+
+
+def image_list(*images: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json={"images": list(images)})
+
+
+def listed(image_id: str = IMAGE_ID, status: str = "active", **extra: Any) -> dict[str, Any]:
+    return {"id": image_id, "name": "web-01-full", "status": status, **extra}
+
+
+def test_find_whole_images_asks_by_tag_and_whole_image_and_reads_each_image() -> None:
+    ims = ScriptedIms(
+        [image_list(listed(created_at="2026-11-27T09:00:00Z"), listed("img-2", "saving"))]
+    )
+    harness = make_client(ims)
+
+    found = harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)
+
+    (request,) = ims.requests
+    assert request.method == "GET"
+    assert request.url.path == "/v2/cloudimages"
+    assert dict(request.url.params) == {
+        "tag": f"wholeimage_request={MARKER}",
+        "__whole_image": "true",
+    }
+    assert [(image.image_id, image.status) for image in found] == [
+        (IMAGE_ID, "active"),
+        ("img-2", "saving"),
+    ]
+    assert found[0].created_at == "2026-11-27T09:00:00Z"
+
+
+def test_find_whole_images_is_signed_as_the_official_sdk_signs_it() -> None:
+    ims = ScriptedIms([image_list()])
+    http = httpx.Client(transport=httpx.MockTransport(ims), base_url=IMS, auth=aksk())
+
+    assert (
+        HttpImsClient(http).find_whole_images(tag_key="wholeimage_request", tag_value=MARKER) == []
+    )
+
+    (request,) = ims.requests
+    assert request.headers["Authorization"] == sdk_authorization(request)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, content=b"<html>OK</html>"),
+        httpx.Response(200, json=[]),
+        httpx.Response(200, json={"images": "none"}),
+        httpx.Response(200, json={"images": ["img"]}),
+        image_list(listed("../v3/auth/tokens")),
+        image_list(listed("img 1")),
+        image_list(listed(IMAGE_ID, "available")),
+        image_list({"name": "no-id", "status": "active"}),
+    ],
+    ids=[
+        "html",
+        "array",
+        "images-not-a-list",
+        "image-not-an-object",
+        "path-id",
+        "space-id",
+        "unknown-status",
+        "no-id",
+    ],
+)
+def test_an_image_list_we_cannot_trust_is_an_upstream_error_not_an_answer(
+    answer: httpx.Response,
+) -> None:
+    # "No image" must only ever come from an answer that was read: anything else is a failure.
+    harness = make_client(ScriptedIms([answer]))
+
+    with pytest.raises(UpstreamError):
+        harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)
+
+
+@pytest.mark.parametrize(
+    "transient",
+    [
+        httpx.Response(503),
+        httpx.Response(500),
+        ims_error(429, "APIGW.0308", "throttled"),
+        httpx.ReadTimeout,
+    ],
+    ids=["503", "500", "429", "read-timeout"],
+)
+def test_the_image_list_is_a_read_and_is_retried_after_a_transient_failure(transient: Step) -> None:
+    ims = ScriptedIms([transient, image_list(listed())])
+    harness = make_client(ims)
+
+    found = harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)
+
+    assert [image.image_id for image in found] == [IMAGE_ID]
+    assert len(ims.requests) == 2
+
+
+def test_our_credentials_refused_on_the_image_list_is_an_auth_error() -> None:
+    harness = make_client(ScriptedIms([gateway_error(401, "APIGW.0301", "bad signature")]))
+
+    with pytest.raises(UpstreamAuthError):
+        harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)

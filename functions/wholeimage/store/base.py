@@ -67,10 +67,12 @@ UNRESOLVED_JOBS = (
 )
 # Conditional on the row still being claimable, so of two concurrent claimers one wins (in
 # PostgreSQL the loser's UPDATE waits for the winner's row lock, then re-checks and skips).
+# ``updated_at`` is left alone: if the claiming tick dies, the row is due again as soon as
+# its lease expires.
 _LEASE_UNRESOLVED = (
     "UPDATE jobs SET lease_owner = :owner, lease_expires_at = :lease_until, "
     "fail_reason = CASE WHEN status = 'SUBMITTING' THEN :interrupted ELSE fail_reason END, "
-    "status = 'SUBMIT_UNCERTAIN', updated_at = :now "
+    "status = 'SUBMIT_UNCERTAIN' "
     f"WHERE request_id = :request_id AND {UNRESOLVED_JOBS}"
 )
 INTERRUPTED_REASON = "the submission was interrupted; IMS may have accepted it"
