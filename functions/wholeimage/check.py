@@ -363,11 +363,28 @@ class _Tick:
         if not self.updates:
             return
         batch, self.updates = self.updates, []
-        applied = self.store.record_polls(batch, owner=self.summary.owner, outbox=self.outbox)
+        try:
+            applied = self.store.record_polls(batch, owner=self.summary.owner, outbox=self.outbox)
+        except Exception:
+            # One update the store refuses must not lose the batch: record each on its own.
+            log.exception("recording a batch of polls failed; recording one by one")
+            applied = [update for update in batch if self.record_one(update)]
         self.summary.lost_leases += len(batch) - len(applied)
         for update in applied:
             if update.status in ENDED:
                 self.summary.ended[update.status.value] += 1
+
+    def record_one(self, update: PollUpdate) -> bool:
+        """Record one update; a failure stays with its job (leased, so due again later)."""
+        try:
+            recorded = self.store.record_polls(
+                [update], owner=self.summary.owner, outbox=self.outbox
+            )
+        except Exception:
+            log.exception("recording a poll failed", extra={"request_id": update.request_id})
+            self.summary.errors["store"] += 1
+            return False
+        return bool(recorded)
 
     async def feed(self) -> None:
         """Claim due jobs while there are some and time is left; keep the queue short."""

@@ -143,3 +143,37 @@ def test_an_ims_that_cannot_be_asked_ends_nothing_even_long_after_the_window(sto
     assert recorded.next_poll_at is not None
     assert recorded.next_poll_at >= T0 + timedelta(days=2, seconds=60)
     assert store.notification_counts() == {}
+
+
+class RefusingStore:
+    """The store, except that recording an update for ``poison`` fails, as a database refusing
+    one row's values would; everything else passes through."""
+
+    def __init__(self, inner: JobStore, poison: str) -> None:
+        self.inner = inner
+        self.poison = poison
+
+    def record_polls(self, updates, *, owner, outbox=None):
+        if any(update.request_id == self.poison for update in updates):
+            raise RuntimeError("the database refused a value")
+        return self.inner.record_polls(updates, owner=owner, outbox=outbox)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_one_update_the_store_refuses_does_not_lose_the_others_of_its_batch(store):
+    jobs = [uncertain(store, name) for name in ("a", "poison", "c")]
+    ims = FakeImsClient(images={job.request_id: active(f"img-{job.request_id}") for job in jobs})
+    refusing = RefusingStore(store, poison=jobs[1].request_id)
+
+    summary = tick(refusing, ims, timedelta(minutes=10))  # type: ignore[arg-type]
+
+    assert summary.errors["store"] == 1
+    assert dict(summary.ended) == {"SUCCESS": 2}
+    assert [store.get(job.request_id).status for job in jobs] == [
+        JobStatus.SUCCESS,
+        JobStatus.SUBMIT_UNCERTAIN,
+        JobStatus.SUCCESS,
+    ]
+    assert store.notification_counts() == {"PENDING": 2}

@@ -292,3 +292,35 @@ def test_the_emulators_answers_read_as_the_states_it_went_through():
 def test_an_end_time_in_another_timezone_is_the_same_instant():
     other = datetime(2024, 11, 6, 14, 28, 14, 425000, tzinfo=timezone(timedelta(hours=8)))
     assert parse_ims_time(other.isoformat()) == other.astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    "image_id", ["a/../b", "img 1", "img\u0000", "ímg", "", 12345, None, "x" * 200]
+)
+def test_an_image_id_that_is_not_a_plain_token_is_never_taken(image_id: object) -> None:
+    report = parse_job_report({"status": "SUCCESS", "entities": {"image_id": image_id}})
+
+    assert report.status is JobStatus.SUCCESS
+    assert report.image_id is None
+
+
+def test_what_ims_reports_is_made_storable_no_nul_no_lone_surrogate_no_control() -> None:
+    # PostgreSQL refuses NUL in text and UTF-8 has no lone surrogates: one such report must not
+    # make the tick's whole batch of updates fail to record.
+    report = parse_job_report(
+        {
+            "status": "FAIL\u0000" + "X" * 500,
+            "error_code": "IMG.\ud8000061",
+            "fail_reason": "disk\u0000full\u001b[31m\nsecond line",
+        }
+    )
+
+    for text in (report.raw_status, report.error_code, report.fail_reason):
+        assert text is not None
+        text.encode("utf-8")  # raises for a lone surrogate
+        assert "\u0000" not in text
+        assert "\u001b" not in text
+    assert report.raw_status is not None
+    assert len(report.raw_status) <= 64
+    assert report.error_code == "IMG.\ufffd0061"
+    assert report.fail_reason == "disk full [31m\nsecond line"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from wholeimage.ims.client import PLAIN_JOB_ID
 from wholeimage.logs import redact
 from wholeimage.models import JobStatus
 
@@ -71,11 +72,32 @@ def parse_ims_time(value: Any) -> datetime | None:
 MAX_FAIL_REASON = 1000
 
 
+# Control characters (NUL above all: PostgreSQL refuses it in text) have no place in what IMS
+# reports; a line feed or tab is kept.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# A status IMS reports is a short word; anything longer is clipped before we quote it.
+_MAX_STATUS = 64
+
+
+def storable(text: str) -> str:
+    """``text`` as every store and chat service accepts it: valid UTF-8, no control characters.
+
+    JSON lets a lone surrogate (``"\\ud800"``) through; it becomes U+FFFD here.
+    """
+    valid = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return _CONTROLS.sub(" ", valid)
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
+    text = storable(str(value)).strip()
     return text or None
+
+
+def _plain_id(value: Any) -> str | None:
+    """An image id IMS reports, only if it may enter the store, a URL and a message as it is."""
+    return value if isinstance(value, str) and PLAIN_JOB_ID.fullmatch(value) else None
 
 
 def _upstream_text(value: Any) -> str | None:
@@ -114,12 +136,13 @@ class JobReport:
 def parse_job_report(payload: dict[str, Any]) -> JobReport:
     """Read a ``GET /v1/{project_id}/jobs/{job_id}`` answer."""
     raw_status = _text(payload.get("status"))
+    raw_status = raw_status[:_MAX_STATUS] if raw_status else None
     entities = payload.get("entities")
     entities = entities if isinstance(entities, dict) else {}
     return JobReport(
         status=IMS_STATUSES.get(raw_status.upper()) if raw_status else None,
         raw_status=raw_status,
-        image_id=_text(entities.get("image_id")),
+        image_id=_plain_id(entities.get("image_id")),
         process_percent=_percent(entities.get("process_percent")),
         error_code=_upstream_text(payload.get("error_code")),
         fail_reason=_upstream_text(payload.get("fail_reason")),
