@@ -5,17 +5,21 @@ and, per channel (channels in parallel):
 
 - sends up to ``individual_limit`` results one message each; more are combined into digests
   of up to the target's ``digest_limit`` results, so a burst becomes a few messages instead of
-  being throttled away or dropped;
+  being throttled away or dropped. Standard Webhooks receivers are machines and get one event
+  per result (``digest_limit`` 1), so a result's ``webhook-id`` is the same on every resend,
+  whatever else was due with it;
 - waits for the channel's rate limit (the service's documented one) between messages;
 - records each message's outcome right after it, only while holding the lease: ``DELIVERED``
   when the service confirmed it, ``PENDING`` with full-jitter backoff (or the service's
   ``Retry-After``) when it may heal, ``DEAD`` at once when it will not (removed webhook,
   invalid payload, wrong secret), and ``DEAD`` when still undelivered after ``max_age``.
 
-Chat webhooks have no idempotency keys: a process that dies after a service accepted a message
-and before its row is settled leaves the row ``PENDING``, and it is sent again when the lease
-expires. That window (one HTTP exchange) is the only way a duplicate can happen; nothing is
-ever lost. Standard Webhooks receivers de-duplicate it by ``webhook-id``.
+Chat webhooks have no idempotency keys, so a message can be repeated: a process that dies after
+a service accepted a message and before its row is settled leaves the row ``PENDING`` (sent
+again when the lease expires), and a service that answers after our timeout gets the message
+again on the retry. Nothing is ever lost. A chat message names its job (the request id in a
+single message's footer, the image name in a digest line) for readers to spot a repeat;
+Standard Webhooks receivers drop it by ``webhook-id``.
 
 A local channel (``console:`` or ``file:PATH``, ``wholeimage.channels.sinks``) gets the same
 message written out instead of POSTed, and counts as delivered once written.
@@ -23,6 +27,7 @@ message written out instead of POSTed, and counts as delivered once written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -41,7 +46,6 @@ import httpx
 from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit, Target
 from wholeimage.channels.registry import target_for
 from wholeimage.channels.sinks import is_local_sink, write_to_sink
-from wholeimage.channels.standard import digest_id
 from wholeimage.channels.urls import redact_url
 from wholeimage.httputil import RateLimiter
 from wholeimage.results import Channel, JobResult
@@ -147,8 +151,15 @@ def notifications_for(
     ]
 
 
+def digest_id(results: Sequence[JobResult]) -> str:
+    """The id recorded for a chat digest's rows: a hash of its results' keys, in any order."""
+    keys = "\n".join(sorted(result.key for result in results))
+    return f"wi_digest_{hashlib.sha256(keys.encode('utf-8')).hexdigest()[:32]}"
+
+
 def _message_id(results: Sequence[JobResult]) -> str:
-    # The id the message went out under: the result's key, or the digest's (its webhook-id).
+    # What the message went out under: the result's key (a Standard Webhooks webhook-id), or
+    # for a chat digest the id its rows share.
     return results[0].key if len(results) == 1 else digest_id(results)
 
 

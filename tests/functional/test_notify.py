@@ -46,7 +46,6 @@ from wholeimage import results as verdicts
 from wholeimage.bootstrap import open_store
 from wholeimage.channels.registry import target_for
 from wholeimage.channels.slack import SlackTarget
-from wholeimage.channels.standard import DIGEST_EVENT_TYPE
 from wholeimage.errors import ConfigurationError
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.notify import (
@@ -1033,23 +1032,86 @@ def test_a_burst_of_1000_results_for_slack_is_a_few_paced_digests_and_no_row_is_
         assert len(keys) <= SlackTarget.digest_limit
 
 
+def verified_events(requests: list[httpx.Request]) -> list[dict[str, Any]]:
+    """Each request's event, checked as a receiver would: by the reference library."""
+    return [Webhook(WHSEC).verify(request.content, dict(request.headers)) for request in requests]
+
+
+def ids_by_result(requests: list[httpx.Request]) -> dict[str, set[str]]:
+    """For each result key a receiver got, the webhook-ids it came under."""
+    seen: dict[str, set[str]] = {}
+    for request, event in zip(requests, verified_events(requests), strict=True):
+        seen.setdefault(event["data"]["key"], set()).add(request.headers["webhook-id"])
+    return seen
+
+
 @BOTH_STORES
-def test_a_standard_digests_rows_carry_the_webhook_id_it_was_sent_under(store, state_url):
+def test_a_standard_result_resent_in_another_run_among_other_results_keeps_its_webhook_id(
+    store, state_url
+):
+    # Given five results due together for a receiver that fails the first message it gets
     time = FakeTime()
     hook = channel("standard")
-    results = [job_result(index, "TIMED_OUT" if index == 2 else "SUCCESS") for index in range(5)]
-    enqueue(store, results, [hook], now=time.now())
-    service = Service(time=time)
+    first_five = [job_result(index, "FAIL" if index == 2 else "SUCCESS") for index in range(5)]
+    enqueue(store, first_five, [hook], now=time.now())
+    service = Service(answer(503, text="busy"), time=time)
 
+    # When a run delivers them, then a later run takes the failed one with four new results
+    deliver(store, [hook], service, time)
+    [failed] = [row for row in outbox_rows(state_url).values() if row.state == "PENDING"]
+    time.advance(3)  # past the first backoff (at most 2 s); receivers allow 5 min of skew
+    enqueue(store, [job_result(index) for index in range(5, 9)], [hook], now=time.now())
     deliver(store, [hook], service, time)
 
-    [request] = service.requests
-    event = Webhook(WHSEC).verify(request.content, dict(request.headers))
-    assert event["type"] == DIGEST_EVENT_TYPE
-    assert event["data"]["counts"] == {"SUCCESS": 4, "FAIL": 0, "TIMED_OUT": 1}
-    assert {result["key"] for result in event["data"]["results"]} == {r.key for r in results}
-    ids = {row.message_id for row in outbox_rows(state_url).values()}
-    assert ids == {request.headers["webhook-id"]}
+    # Then every message was one result's signed event, under that result's key: the resend
+    # of the failed one, in another run and another company, came under the same id
+    assert len(service.requests) == 10
+    assert all(
+        event["type"].startswith("wholeimage.job.") for event in verified_events(service.requests)
+    )
+    seen = ids_by_result(service.requests)
+    assert seen == {key: {key} for key in seen}
+    assert len(seen) == 9
+    resent = [r for r in service.requests if r.headers["webhook-id"] == failed.result_key]
+    assert len(resent) == 2
+    assert resent[0].content == resent[1].content
+    assert resent[0].headers["webhook-timestamp"] != resent[1].headers["webhook-timestamp"]
+    rows = outbox_rows(state_url).values()
+    assert {row.state for row in rows} == {"DELIVERED"}
+    assert all(row.message_id == row.result_key for row in rows)
+    assert outbox_rows(state_url)[failed.notification_id].attempts == 2
+
+
+def answered_too_late(request: httpx.Request) -> httpx.Response:
+    """The receiver has the message, but its answer comes after our read timeout."""
+    raise httpx.ReadTimeout("simulated", request=request)
+
+
+@BOTH_STORES
+def test_a_standard_message_answered_after_our_timeout_is_resent_under_the_same_webhook_id(
+    store, state_url
+):
+    # Given four results for a receiver whose first answer comes after our timeout
+    time = FakeTime()
+    hook = channel("standard")
+    results = [job_result(index) for index in range(4)]
+    enqueue(store, results, [hook], now=time.now())
+    service = Service(answered_too_late, time=time)
+
+    # When a run delivers them, and a later one retries with another result due as well
+    deliver(store, [hook], service, time)
+    [late] = [row for row in outbox_rows(state_url).values() if row.state == "PENDING"]
+    assert (late.attempts, late.last_error) == (1, "no answer: ReadTimeout")
+    time.advance(3)
+    enqueue(store, [job_result(4)], [hook], now=time.now())
+    deliver(store, [hook], service, time)
+
+    # Then the receiver got that result twice under one webhook-id, and can drop the repeat
+    seen = ids_by_result(service.requests)
+    assert seen == {result.key: {result.key} for result in [*results, job_result(4)]}
+    ids = Counter(request.headers["webhook-id"] for request in service.requests)
+    assert ids == Counter([*seen, late.result_key])
+    assert outbox_rows(state_url)[late.notification_id].state == "DELIVERED"
 
 
 class StrictSlack:
