@@ -12,7 +12,10 @@ and, per channel (channels in parallel):
 - records each message's outcome right after it, only while holding the lease: ``DELIVERED``
   when the service confirmed it, ``PENDING`` with full-jitter backoff (or the service's
   ``Retry-After``) when it may heal, ``DEAD`` at once when it will not (removed webhook,
-  invalid payload, wrong secret), and ``DEAD`` when still undelivered after ``max_age``.
+  invalid payload, wrong secret), and ``DEAD`` when still undelivered after ``max_age``;
+- when an answer asks for a wait (``Retry-After``, Discord's ``retry_after``, a documented
+  throttle code), pauses the channel for that long in this process: its other rows are handed
+  back unsent, due no earlier than the pause's end, with no attempt counted.
 
 Chat webhooks have no idempotency keys, so a message can be repeated: a process that dies after
 a service accepted a message and before its row is settled leaves the row ``PENDING`` (sent
@@ -103,12 +106,25 @@ class NotifySummary:
 
 
 class ChannelLimiters:
-    """One pair of token buckets (per second, per minute) per channel, kept for the process."""
+    """Per channel, kept for the process: a pair of token buckets (per second, per minute) and
+    the pause a service asked for."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, list[RateLimiter]] = {}
+        self._paused_until: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def pause(self, name: str, seconds: float) -> None:
+        """Send nothing to channel ``name`` for ``seconds`` (a pause already longer stays)."""
+        with self._lock:
+            until = self._clock() + max(seconds, 0.0)
+            self._paused_until[name] = max(until, self._paused_until.get(name, 0.0))
+
+    def paused_for(self, name: str) -> float:
+        """Seconds left of channel ``name``'s pause; 0 when it is not paused."""
+        with self._lock:
+            return max(self._paused_until.get(name, 0.0) - self._clock(), 0.0)
 
     def for_channel(self, name: str, rate: RateLimit) -> list[RateLimiter]:
         """The channel's buckets, made on first use."""
@@ -188,6 +204,10 @@ class _ChannelRun:
     def deliver(self) -> None:
         batches = self.batches()
         for index, batch in enumerate(batches):
+            paused = self.run.limiters.paused_for(self.channel.name)
+            if paused > 0:
+                self._hold_back(batches[index:], paused)
+                return
             wait = self._wait_for_rate_limit()
             if wait is None:
                 # The next message would go out after the budget: leave the rest for the next run.
@@ -201,9 +221,23 @@ class _ChannelRun:
             delay = self.run.retry_delay(batch, delivery)
             self.run.settle([self.run.settlement(row, delivery, delay) for row in batch])
             if delivery.outcome == "retry" and delivery.retry_after:
-                # The service asked us to slow down: the rest waits with it.
-                for limiter in self.run.limiters.for_channel(self.channel.name, self.target.rate):
-                    limiter.pause(delivery.retry_after)
+                # The service asked us to wait: every other message to it waits too, in this run
+                # and in later runs of this process, rather than spending attempts on refusals.
+                self.run.limiters.pause(self.channel.name, delivery.retry_after)
+
+    def _hold_back(self, batches: list[list[Notification]], paused: float) -> None:
+        """Hand ``batches`` back unsent, due when the channel's pause is over; no attempt counted."""
+        rows = [row for batch in batches for row in batch]
+        not_before = self.run.now() + timedelta(seconds=paused)
+        self.run.settle([self.run.release(row, not_before=not_before) for row in rows])
+        log.warning(
+            "channel paused",
+            extra={
+                "channel": self.channel.name,
+                "seconds": round(paused, 3),
+                "held_back": len(rows),
+            },
+        )
 
     def _wait_for_rate_limit(self) -> float | None:
         waited = 0.0
@@ -303,12 +337,15 @@ class _Run:
         self.deadline = monotonic() + config.time_budget
         self.lock = threading.Lock()
 
-    def release(self, row: Notification) -> Settlement:
+    def release(self, row: Notification, *, not_before: datetime | None = None) -> Settlement:
+        """Hand ``row`` back unsent: due as before, or at ``not_before`` when that is later."""
+        due = row.next_attempt_at if not_before is None else max(row.next_attempt_at, not_before)
         return Settlement(
             row.notification_id,
             "PENDING",
             self.now(),
-            next_attempt_at=row.next_attempt_at,
+            next_attempt_at=due,
+            error=row.last_error,
             attempted=False,
         )
 

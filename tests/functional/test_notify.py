@@ -660,61 +660,82 @@ def service_result(request: httpx.Request, results: list[JobResult]) -> JobResul
     return found
 
 
-@pytest.mark.slow
+# Each channel kind's way of saying "wait 30 s" on its first message.
+WAIT_30_S: dict[str, Answer] = {
+    "standard": answer(429, text="slow down", headers={"Retry-After": "30"}),
+    "slack": answer(429, text="rate_limited", headers={"Retry-After": "30"}),
+    "discord": answer(
+        429, body={"message": "You are being rate limited.", "retry_after": 30, "global": False}
+    ),
+}
+
+
 @BOTH_STORES
-def test_a_429_with_retry_after_reschedules_the_row_and_pauses_only_that_channel(store, state_url):
-    # Given three results for Slack and one for Feishu, and a Slack that says "wait 120 s"
+@pytest.mark.parametrize("format", sorted(WAIT_30_S))
+def test_a_wait_asked_on_a_first_message_holds_back_that_channels_other_messages_only(
+    store, state_url, format
+):
+    # Given three results for a channel that answers its first message "wait 30 s", and two
+    # for Feishu; the run's 60 s budget would have room to wait the 30 s out
     time = FakeTime()
-    slack, feishu = channel("slack"), channel("feishu")
+    paused, other = channel(format), channel("feishu")
     results = [job_result(index) for index in range(3)]
-    enqueue(store, results, [slack], now=time.now())
-    enqueue(store, [job_result(9)], [feishu], now=time.now())
-    slack_says = [answer(429, text="rate limited", headers={"Retry-After": "120"})]
+    enqueue(store, results, [paused], now=time.now())
+    enqueue(store, [job_result(7), job_result(8)], [other], now=time.now())
+    host = httpx.URL(URLS[format]).host
+    says = [WAIT_30_S[format]]
 
     def respond(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "hooks.slack.com" and slack_says:
-            return slack_says.pop(0)(request)
+        if request.url.host == host and says:
+            return says.pop(0)(request)
         return confirmed_by_host(request)
 
     service = Service(then=respond, time=time)
     limiters = ChannelLimiters(clock=time.monotonic)
-    config = NotifyConfig(time_budget=60)
-
-    # When a run sends the first Slack message
     started = time.now()
-    summary = deliver(store, [slack, feishu], service, time, config=config, limiters=limiters)
 
-    # Then that row waits at least Retry-After, Slack gets nothing more in this run, Feishu does
-    assert len(service.to(SLACK_URL)) == 1
-    assert len(service.to(FEISHU_URL)) == 1
+    # When a run delivers
+    summary = deliver(store, [paused, other], service, time, limiters=limiters)
+
+    # Then the channel's other messages are not attempted in this run, and all its rows are
+    # due no earlier than 30 s later; Feishu's go out as usual
+    [refused] = service.to(URLS[format])
+    assert len(service.to(FEISHU_URL)) == 2
     rows = outbox_rows(state_url)
-    first = rows[row_id(service_result(service.to(SLACK_URL)[0], results), slack)]
-    assert first.state == "PENDING"
-    assert first.attempts == 1
-    assert seconds_between(first.next_attempt_at, started) >= 120
-    assert first.last_error is not None
-    assert "rate limited" in first.last_error
-    rest = [
-        rows[row_id(result, slack)]
+    first = rows[row_id(service_result(refused, results), paused)]
+    assert (first.state, first.attempts) == ("PENDING", 1)
+    held = [
+        rows[row_id(result, paused)]
         for result in results
-        if row_id(result, slack) != first.notification_id
+        if row_id(result, paused) != first.notification_id
     ]
-    assert [(row.state, row.attempts) for row in rest] == [("PENDING", 0)] * 2
-    assert rows[row_id(job_result(9), feishu)].state == "DELIVERED"
-    assert summary.budget_exhausted  # the rest would have gone out after the budget
-    assert (summary.delivered, summary.retried) == (1, 1)
+    assert [(row.state, row.attempts) for row in held] == [("PENDING", 0)] * 2
+    assert all(seconds_between(row.next_attempt_at, started) >= 30 for row in [first, *held])
+    assert {rows[row_id(job_result(index), other)].state for index in (7, 8)} == {"DELIVERED"}
+    assert (summary.delivered, summary.retried, summary.dead) == (2, 1, 0)
+    assert not summary.budget_exhausted
+    assert time.monotonic() < 30  # the run did not sit the pause out
 
-    # And while the pause lasts, a later run of this process sends Slack nothing
-    time.advance(30)
-    again = deliver(store, [slack, feishu], service, time, config=config, limiters=limiters)
-    assert again.messages == {}
-    assert len(service.to(SLACK_URL)) == 1
+    # And a result due during the pause is held back as well, by a later run of this process
+    time.advance(20)
+    [late] = enqueue(store, [job_result(3)], [paused], now=time.now())
+    during = deliver(store, [paused, other], service, time, limiters=limiters)
+    assert (during.claimed, during.messages) == (1, Counter())
+    late_row = outbox_rows(state_url)[late]
+    assert (late_row.state, late_row.attempts) == ("PENDING", 0)
+    assert seconds_between(late_row.next_attempt_at, started) >= 30 - EPSILON
 
-    # Once it is over, everything goes out
-    time.advance(91)
-    deliver(store, [slack, feishu], service, time, config=config, limiters=limiters)
-    assert store.notification_counts() == {"DELIVERED": 4}
-    assert min(service.times[2:]) >= 120
+    # Once the pause is over, everything goes out: nothing was dropped
+    time.advance(11)
+    deliver(store, [paused, other], service, time, limiters=limiters)
+    assert store.notification_counts() == {"DELIVERED": 6}
+    after = [
+        at
+        for request, at in zip(service.requests, service.times, strict=True)
+        if request.url.host == host
+    ][1:]
+    assert len(after) == (4 if format == "standard" else 1)  # chat: the four as one digest
+    assert min(after) >= 30
 
 
 @pytest.mark.slow
