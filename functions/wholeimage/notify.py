@@ -255,6 +255,9 @@ class _ChannelRun:
                 return waited
             if self.run.monotonic() + delay > self.run.deadline:
                 return None
+            # At least 1 ms: a residue of a few ulps would not move a clock that advances only
+            # when slept (the tests'), and this loop would never end.
+            delay = max(delay, 0.001)
             self.run.sleep(delay)
             waited += delay
 
