@@ -5,17 +5,24 @@ and, per channel (channels in parallel):
 
 - sends up to ``individual_limit`` results one message each; more are combined into digests
   of up to the target's ``digest_limit`` results, so a burst becomes a few messages instead of
-  being throttled away or dropped;
+  being throttled away or dropped. Standard Webhooks receivers are machines and get one event
+  per result (``digest_limit`` 1), so a result's ``webhook-id`` is the same on every resend,
+  whatever else was due with it;
 - waits for the channel's rate limit (the service's documented one) between messages;
 - records each message's outcome right after it, only while holding the lease: ``DELIVERED``
   when the service confirmed it, ``PENDING`` with full-jitter backoff (or the service's
   ``Retry-After``) when it may heal, ``DEAD`` at once when it will not (removed webhook,
-  invalid payload, wrong secret), and ``DEAD`` when still undelivered after ``max_age``.
+  invalid payload, wrong secret), and ``DEAD`` when still undelivered after ``max_age``;
+- when an answer asks for a wait (``Retry-After``, Discord's ``retry_after``, a documented
+  throttle code), pauses the channel for that long in this process: its other rows are handed
+  back unsent, due no earlier than the pause's end, with no attempt counted.
 
-Chat webhooks have no idempotency keys: a process that dies after a service accepted a message
-and before its row is settled leaves the row ``PENDING``, and it is sent again when the lease
-expires. That window (one HTTP exchange) is the only way a duplicate can happen; nothing is
-ever lost. Standard Webhooks receivers de-duplicate it by ``webhook-id``.
+Chat webhooks have no idempotency keys, so a message can be repeated: a process that dies after
+a service accepted a message and before its row is settled leaves the row ``PENDING`` (sent
+again when the lease expires), and a service that answers after our timeout gets the message
+again on the retry. Nothing is ever lost. A chat message names its job (the request id in a
+single message's footer, the image name in a digest line) for readers to spot a repeat;
+Standard Webhooks receivers drop it by ``webhook-id``.
 
 A local channel (``console:`` or ``file:PATH``, ``wholeimage.channels.sinks``) gets the same
 message written out instead of POSTed, and counts as delivered once written.
@@ -23,6 +30,7 @@ message written out instead of POSTed, and counts as delivered once written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -41,7 +49,6 @@ import httpx
 from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit, Target
 from wholeimage.channels.registry import target_for
 from wholeimage.channels.sinks import is_local_sink, write_to_sink
-from wholeimage.channels.standard import digest_id
 from wholeimage.channels.urls import redact_url
 from wholeimage.httputil import RateLimiter
 from wholeimage.results import Channel, JobResult
@@ -99,12 +106,25 @@ class NotifySummary:
 
 
 class ChannelLimiters:
-    """One pair of token buckets (per second, per minute) per channel, kept for the process."""
+    """Per channel, kept for the process: a pair of token buckets (per second, per minute) and
+    the pause a service asked for."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, list[RateLimiter]] = {}
+        self._paused_until: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def pause(self, name: str, seconds: float) -> None:
+        """Send nothing to channel ``name`` for ``seconds`` (a pause already longer stays)."""
+        with self._lock:
+            until = self._clock() + max(seconds, 0.0)
+            self._paused_until[name] = max(until, self._paused_until.get(name, 0.0))
+
+    def paused_for(self, name: str) -> float:
+        """Seconds left of channel ``name``'s pause; 0 when it is not paused."""
+        with self._lock:
+            return max(self._paused_until.get(name, 0.0) - self._clock(), 0.0)
 
     def for_channel(self, name: str, rate: RateLimit) -> list[RateLimiter]:
         """The channel's buckets, made on first use."""
@@ -147,8 +167,15 @@ def notifications_for(
     ]
 
 
+def digest_id(results: Sequence[JobResult]) -> str:
+    """The id recorded for a chat digest's rows: a hash of its results' keys, in any order."""
+    keys = "\n".join(sorted(result.key for result in results))
+    return f"wi_digest_{hashlib.sha256(keys.encode('utf-8')).hexdigest()[:32]}"
+
+
 def _message_id(results: Sequence[JobResult]) -> str:
-    # The id the message went out under: the result's key, or the digest's (its webhook-id).
+    # What the message went out under: the result's key (a Standard Webhooks webhook-id), or
+    # for a chat digest the id its rows share.
     return results[0].key if len(results) == 1 else digest_id(results)
 
 
@@ -177,6 +204,10 @@ class _ChannelRun:
     def deliver(self) -> None:
         batches = self.batches()
         for index, batch in enumerate(batches):
+            paused = self.run.limiters.paused_for(self.channel.name)
+            if paused > 0:
+                self._hold_back(batches[index:], paused)
+                return
             wait = self._wait_for_rate_limit()
             if wait is None:
                 # The next message would go out after the budget: leave the rest for the next run.
@@ -190,9 +221,23 @@ class _ChannelRun:
             delay = self.run.retry_delay(batch, delivery)
             self.run.settle([self.run.settlement(row, delivery, delay) for row in batch])
             if delivery.outcome == "retry" and delivery.retry_after:
-                # The service asked us to slow down: the rest waits with it.
-                for limiter in self.run.limiters.for_channel(self.channel.name, self.target.rate):
-                    limiter.pause(delivery.retry_after)
+                # The service asked us to wait: every other message to it waits too, in this run
+                # and in later runs of this process, rather than spending attempts on refusals.
+                self.run.limiters.pause(self.channel.name, delivery.retry_after)
+
+    def _hold_back(self, batches: list[list[Notification]], paused: float) -> None:
+        """Hand ``batches`` back unsent, due when the channel's pause is over; no attempt counted."""
+        rows = [row for batch in batches for row in batch]
+        not_before = self.run.now() + timedelta(seconds=paused)
+        self.run.settle([self.run.release(row, not_before=not_before) for row in rows])
+        log.warning(
+            "channel paused",
+            extra={
+                "channel": self.channel.name,
+                "seconds": round(paused, 3),
+                "held_back": len(rows),
+            },
+        )
 
     def _wait_for_rate_limit(self) -> float | None:
         waited = 0.0
@@ -210,6 +255,9 @@ class _ChannelRun:
                 return waited
             if self.run.monotonic() + delay > self.run.deadline:
                 return None
+            # At least 1 ms: a residue of a few ulps would not move a clock that advances only
+            # when slept (the tests'), and this loop would never end.
+            delay = max(delay, 0.001)
             self.run.sleep(delay)
             waited += delay
 
@@ -292,12 +340,15 @@ class _Run:
         self.deadline = monotonic() + config.time_budget
         self.lock = threading.Lock()
 
-    def release(self, row: Notification) -> Settlement:
+    def release(self, row: Notification, *, not_before: datetime | None = None) -> Settlement:
+        """Hand ``row`` back unsent: due as before, or at ``not_before`` when that is later."""
+        due = row.next_attempt_at if not_before is None else max(row.next_attempt_at, not_before)
         return Settlement(
             row.notification_id,
             "PENDING",
             self.now(),
-            next_attempt_at=row.next_attempt_at,
+            next_attempt_at=due,
+            error=row.last_error,
             attempted=False,
         )
 

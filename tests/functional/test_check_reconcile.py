@@ -167,7 +167,7 @@ def test_one_update_the_store_refuses_does_not_lose_the_others_of_its_batch(stor
     ims = FakeImsClient(images={job.request_id: active(f"img-{job.request_id}") for job in jobs})
     refusing = RefusingStore(store, poison=jobs[1].request_id)
 
-    summary = tick(refusing, ims, timedelta(minutes=10))  # type: ignore[arg-type]
+    summary = tick(refusing, ims, timedelta(minutes=10))
 
     assert summary.errors["store"] == 1
     assert dict(summary.ended) == {"SUCCESS": 2}

@@ -46,7 +46,6 @@ from wholeimage import results as verdicts
 from wholeimage.bootstrap import open_store
 from wholeimage.channels.registry import target_for
 from wholeimage.channels.slack import SlackTarget
-from wholeimage.channels.standard import DIGEST_EVENT_TYPE
 from wholeimage.errors import ConfigurationError
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.notify import (
@@ -661,61 +660,82 @@ def service_result(request: httpx.Request, results: list[JobResult]) -> JobResul
     return found
 
 
-@pytest.mark.slow
+# Each channel kind's way of saying "wait 30 s" on its first message.
+WAIT_30_S: dict[str, Answer] = {
+    "standard": answer(429, text="slow down", headers={"Retry-After": "30"}),
+    "slack": answer(429, text="rate_limited", headers={"Retry-After": "30"}),
+    "discord": answer(
+        429, body={"message": "You are being rate limited.", "retry_after": 30, "global": False}
+    ),
+}
+
+
 @BOTH_STORES
-def test_a_429_with_retry_after_reschedules_the_row_and_pauses_only_that_channel(store, state_url):
-    # Given three results for Slack and one for Feishu, and a Slack that says "wait 120 s"
+@pytest.mark.parametrize("format", sorted(WAIT_30_S))
+def test_a_wait_asked_on_a_first_message_holds_back_that_channels_other_messages_only(
+    store, state_url, format
+):
+    # Given three results for a channel that answers its first message "wait 30 s", and two
+    # for Feishu; the run's 60 s budget would have room to wait the 30 s out
     time = FakeTime()
-    slack, feishu = channel("slack"), channel("feishu")
+    paused, other = channel(format), channel("feishu")
     results = [job_result(index) for index in range(3)]
-    enqueue(store, results, [slack], now=time.now())
-    enqueue(store, [job_result(9)], [feishu], now=time.now())
-    slack_says = [answer(429, text="rate limited", headers={"Retry-After": "120"})]
+    enqueue(store, results, [paused], now=time.now())
+    enqueue(store, [job_result(7), job_result(8)], [other], now=time.now())
+    host = httpx.URL(URLS[format]).host
+    says = [WAIT_30_S[format]]
 
     def respond(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "hooks.slack.com" and slack_says:
-            return slack_says.pop(0)(request)
+        if request.url.host == host and says:
+            return says.pop(0)(request)
         return confirmed_by_host(request)
 
     service = Service(then=respond, time=time)
     limiters = ChannelLimiters(clock=time.monotonic)
-    config = NotifyConfig(time_budget=60)
-
-    # When a run sends the first Slack message
     started = time.now()
-    summary = deliver(store, [slack, feishu], service, time, config=config, limiters=limiters)
 
-    # Then that row waits at least Retry-After, Slack gets nothing more in this run, Feishu does
-    assert len(service.to(SLACK_URL)) == 1
-    assert len(service.to(FEISHU_URL)) == 1
+    # When a run delivers
+    summary = deliver(store, [paused, other], service, time, limiters=limiters)
+
+    # Then the channel's other messages are not attempted in this run, and all its rows are
+    # due no earlier than 30 s later; Feishu's go out as usual
+    [refused] = service.to(URLS[format])
+    assert len(service.to(FEISHU_URL)) == 2
     rows = outbox_rows(state_url)
-    first = rows[row_id(service_result(service.to(SLACK_URL)[0], results), slack)]
-    assert first.state == "PENDING"
-    assert first.attempts == 1
-    assert seconds_between(first.next_attempt_at, started) >= 120
-    assert first.last_error is not None
-    assert "rate limited" in first.last_error
-    rest = [
-        rows[row_id(result, slack)]
+    first = rows[row_id(service_result(refused, results), paused)]
+    assert (first.state, first.attempts) == ("PENDING", 1)
+    held = [
+        rows[row_id(result, paused)]
         for result in results
-        if row_id(result, slack) != first.notification_id
+        if row_id(result, paused) != first.notification_id
     ]
-    assert [(row.state, row.attempts) for row in rest] == [("PENDING", 0)] * 2
-    assert rows[row_id(job_result(9), feishu)].state == "DELIVERED"
-    assert summary.budget_exhausted  # the rest would have gone out after the budget
-    assert (summary.delivered, summary.retried) == (1, 1)
+    assert [(row.state, row.attempts) for row in held] == [("PENDING", 0)] * 2
+    assert all(seconds_between(row.next_attempt_at, started) >= 30 for row in [first, *held])
+    assert {rows[row_id(job_result(index), other)].state for index in (7, 8)} == {"DELIVERED"}
+    assert (summary.delivered, summary.retried, summary.dead) == (2, 1, 0)
+    assert not summary.budget_exhausted
+    assert time.monotonic() < 30  # the run did not sit the pause out
 
-    # And while the pause lasts, a later run of this process sends Slack nothing
-    time.advance(30)
-    again = deliver(store, [slack, feishu], service, time, config=config, limiters=limiters)
-    assert again.messages == {}
-    assert len(service.to(SLACK_URL)) == 1
+    # And a result due during the pause is held back as well, by a later run of this process
+    time.advance(20)
+    [late] = enqueue(store, [job_result(3)], [paused], now=time.now())
+    during = deliver(store, [paused, other], service, time, limiters=limiters)
+    assert (during.claimed, during.messages) == (1, Counter())
+    late_row = outbox_rows(state_url)[late]
+    assert (late_row.state, late_row.attempts) == ("PENDING", 0)
+    assert seconds_between(late_row.next_attempt_at, started) >= 30 - EPSILON
 
-    # Once it is over, everything goes out
-    time.advance(91)
-    deliver(store, [slack, feishu], service, time, config=config, limiters=limiters)
-    assert store.notification_counts() == {"DELIVERED": 4}
-    assert min(service.times[2:]) >= 120
+    # Once the pause is over, everything goes out: nothing was dropped
+    time.advance(11)
+    deliver(store, [paused, other], service, time, limiters=limiters)
+    assert store.notification_counts() == {"DELIVERED": 6}
+    after = [
+        at
+        for request, at in zip(service.requests, service.times, strict=True)
+        if request.url.host == host
+    ][1:]
+    assert len(after) == (4 if format == "standard" else 1)  # chat: the four as one digest
+    assert min(after) >= 30
 
 
 @pytest.mark.slow
@@ -1033,23 +1053,86 @@ def test_a_burst_of_1000_results_for_slack_is_a_few_paced_digests_and_no_row_is_
         assert len(keys) <= SlackTarget.digest_limit
 
 
+def verified_events(requests: list[httpx.Request]) -> list[dict[str, Any]]:
+    """Each request's event, checked as a receiver would: by the reference library."""
+    return [Webhook(WHSEC).verify(request.content, dict(request.headers)) for request in requests]
+
+
+def ids_by_result(requests: list[httpx.Request]) -> dict[str, set[str]]:
+    """For each result key a receiver got, the webhook-ids it came under."""
+    seen: dict[str, set[str]] = {}
+    for request, event in zip(requests, verified_events(requests), strict=True):
+        seen.setdefault(event["data"]["key"], set()).add(request.headers["webhook-id"])
+    return seen
+
+
 @BOTH_STORES
-def test_a_standard_digests_rows_carry_the_webhook_id_it_was_sent_under(store, state_url):
+def test_a_standard_result_resent_in_another_run_among_other_results_keeps_its_webhook_id(
+    store, state_url
+):
+    # Given five results due together for a receiver that fails the first message it gets
     time = FakeTime()
     hook = channel("standard")
-    results = [job_result(index, "TIMED_OUT" if index == 2 else "SUCCESS") for index in range(5)]
-    enqueue(store, results, [hook], now=time.now())
-    service = Service(time=time)
+    first_five = [job_result(index, "FAIL" if index == 2 else "SUCCESS") for index in range(5)]
+    enqueue(store, first_five, [hook], now=time.now())
+    service = Service(answer(503, text="busy"), time=time)
 
+    # When a run delivers them, then a later run takes the failed one with four new results
+    deliver(store, [hook], service, time)
+    [failed] = [row for row in outbox_rows(state_url).values() if row.state == "PENDING"]
+    time.advance(3)  # past the first backoff (at most 2 s); receivers allow 5 min of skew
+    enqueue(store, [job_result(index) for index in range(5, 9)], [hook], now=time.now())
     deliver(store, [hook], service, time)
 
-    [request] = service.requests
-    event = Webhook(WHSEC).verify(request.content, dict(request.headers))
-    assert event["type"] == DIGEST_EVENT_TYPE
-    assert event["data"]["counts"] == {"SUCCESS": 4, "FAIL": 0, "TIMED_OUT": 1, "UNCONFIRMED": 0}
-    assert {result["key"] for result in event["data"]["results"]} == {r.key for r in results}
-    ids = {row.message_id for row in outbox_rows(state_url).values()}
-    assert ids == {request.headers["webhook-id"]}
+    # Then every message was one result's signed event, under that result's key: the resend
+    # of the failed one, in another run and another company, came under the same id
+    assert len(service.requests) == 10
+    assert all(
+        event["type"].startswith("wholeimage.job.") for event in verified_events(service.requests)
+    )
+    seen = ids_by_result(service.requests)
+    assert seen == {key: {key} for key in seen}
+    assert len(seen) == 9
+    resent = [r for r in service.requests if r.headers["webhook-id"] == failed.result_key]
+    assert len(resent) == 2
+    assert resent[0].content == resent[1].content
+    assert resent[0].headers["webhook-timestamp"] != resent[1].headers["webhook-timestamp"]
+    rows = outbox_rows(state_url).values()
+    assert {row.state for row in rows} == {"DELIVERED"}
+    assert all(row.message_id == row.result_key for row in rows)
+    assert outbox_rows(state_url)[failed.notification_id].attempts == 2
+
+
+def answered_too_late(request: httpx.Request) -> httpx.Response:
+    """The receiver has the message, but its answer comes after our read timeout."""
+    raise httpx.ReadTimeout("simulated", request=request)
+
+
+@BOTH_STORES
+def test_a_standard_message_answered_after_our_timeout_is_resent_under_the_same_webhook_id(
+    store, state_url
+):
+    # Given four results for a receiver whose first answer comes after our timeout
+    time = FakeTime()
+    hook = channel("standard")
+    results = [job_result(index) for index in range(4)]
+    enqueue(store, results, [hook], now=time.now())
+    service = Service(answered_too_late, time=time)
+
+    # When a run delivers them, and a later one retries with another result due as well
+    deliver(store, [hook], service, time)
+    [late] = [row for row in outbox_rows(state_url).values() if row.state == "PENDING"]
+    assert (late.attempts, late.last_error) == (1, "no answer: ReadTimeout")
+    time.advance(3)
+    enqueue(store, [job_result(4)], [hook], now=time.now())
+    deliver(store, [hook], service, time)
+
+    # Then the receiver got that result twice under one webhook-id, and can drop the repeat
+    seen = ids_by_result(service.requests)
+    assert seen == {result.key: {result.key} for result in [*results, job_result(4)]}
+    ids = Counter(request.headers["webhook-id"] for request in service.requests)
+    assert ids == Counter([*seen, late.result_key])
+    assert outbox_rows(state_url)[late.notification_id].state == "DELIVERED"
 
 
 class StrictSlack:

@@ -79,7 +79,8 @@ class Target(Protocol):
         format: The channel format this target serves (a key of ``registry.CHANNEL_TARGETS``).
         rate: The service's documented limit, for the caller's client-side throttle.
         digest_limit: How many results one digest may carry so that every job is listed within
-            the service's size limits (with names and ids of ordinary length).
+            the service's size limits (with names and ids of ordinary length); 1 means one
+            message per result, never a digest (Standard Webhooks).
     """
 
     format: str
@@ -92,13 +93,14 @@ class Target(Protocol):
         """One message: a rich one for a single result, a digest for several.
 
         Args:
-            results: The results to report; at least one.
+            results: The results to report; at least one, at most ``digest_limit``.
             channel: Where to: URL, signing secret, keyword.
             now: The time of this attempt (signature timestamps); naive means UTC.
 
         Raises:
-            ValueError: No results, or the channel cannot be served (a retired Teams connector
-                URL, a missing or malformed Standard Webhooks secret).
+            ValueError: No results, several for a target without digests, or the channel
+                cannot be served (a retired Teams connector URL, a missing or malformed Standard
+                Webhooks secret).
         """
         ...
 

@@ -1,9 +1,10 @@
 """Standard Webhooks: a receiver's own HTTPS endpoint, sent signed events (``webhook-*`` headers).
 
 The event is the ``notification-event`` schema: ``wholeimage.job.<verdict>`` with a
-``job-result`` as data, or ``wholeimage.jobs.digest`` with every result. Machine data is never
-cut to fit; ``digest_limit`` keeps an event near the spec's 20 KB. The ``webhook-id`` stays the
-same across retries, so receivers de-duplicate.
+``job-result`` as data. Receivers are machines, so there are no digests: each result is one
+event (``digest_limit`` 1) whose ``webhook-id`` is the result's notification key, the same on
+every resend to this channel (after a timeout, a killed run, a re-drive) whatever else was due
+with it, so a receiver de-duplicates by it. Machine data is never cut to fit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from wholeimage.channels.base import Delivery, OutgoingMessage, RateLimit
 from wholeimage.channels.classify import by_status, describe
 from wholeimage.channels.formats import WHSEC_PREFIX
 from wholeimage.channels.render import json_bytes, json_headers
-from wholeimage.channels.text import iso, latest, ordered, utc
+from wholeimage.channels.text import iso, utc
 from wholeimage.results import Channel, JobResult
 
 _EVENT_TYPES = {
@@ -31,7 +32,6 @@ _EVENT_TYPES = {
     "TIMED_OUT": "wholeimage.job.timed_out",
     "UNCONFIRMED": "wholeimage.job.unconfirmed",
 }
-DIGEST_EVENT_TYPE = "wholeimage.jobs.digest"
 
 
 def _signing_key(channel: Channel) -> bytes:
@@ -53,30 +53,12 @@ def _signing_key(channel: Channel) -> bytes:
     return key
 
 
-def digest_id(results: Sequence[JobResult]) -> str:
-    """The stable ``webhook-id`` of a digest: a hash of its results' notification keys, sorted.
-
-    Args:
-        results: The digest's results, in any order.
-    """
-    keys = "\n".join(sorted(result.key for result in results))
-    return f"wi_digest_{hashlib.sha256(keys.encode('utf-8')).hexdigest()[:32]}"
-
-
-def _event(results: Sequence[JobResult]) -> tuple[str, dict[str, Any]]:
-    """The event's id and the event: one job's, or a digest of several."""
-    if len(results) == 1:
-        only = results[0]
-        return only.key, {
-            "type": _EVENT_TYPES[only.status],
-            "timestamp": iso(only.ended_at),
-            "data": only.to_json(),
-        }
-    counts = {status: sum(1 for r in results if r.status == status) for status in _EVENT_TYPES}
-    return digest_id(results), {
-        "type": DIGEST_EVENT_TYPE,
-        "timestamp": iso(latest(results)),
-        "data": {"counts": counts, "results": [r.to_json() for r in ordered(results)]},
+def _event(result: JobResult) -> dict[str, Any]:
+    """One job's event."""
+    return {
+        "type": _EVENT_TYPES[result.status],
+        "timestamp": iso(result.ended_at),
+        "data": result.to_json(),
     }
 
 
@@ -85,17 +67,25 @@ class StandardWebhookTarget:
 
     format = "standard"
     rate = RateLimit(per_second=None, per_minute=None)
-    digest_limit = 25
+    # One event per result: a digest's id would change with its composition on a resend.
+    digest_limit = 1
 
     def render(
         self, results: Sequence[JobResult], channel: Channel, now: datetime
     ) -> OutgoingMessage:
-        """The signed event (see ``Target.render``); ValueError without a ``whsec_`` secret."""
+        """The signed event of one result (see ``Target.render``).
+
+        Raises:
+            ValueError: Not exactly one result, or no valid ``whsec_`` secret.
+        """
         key = _signing_key(channel)
         if not results:
             raise ValueError("nothing to render: results is empty")
-        event_id, event = _event(results)
-        body = json_bytes(event)
+        if len(results) > 1:
+            raise ValueError(f"the standard format sends one event per result, not {len(results)}")
+        [result] = results
+        event_id = result.key
+        body = json_bytes(_event(result))
         # Seconds of this attempt; the id stays the same across retries so receivers de-duplicate.
         timestamp = str(int(utc(now).timestamp()))
         signed = f"{event_id}.{timestamp}.".encode() + body
