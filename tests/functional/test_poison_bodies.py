@@ -51,3 +51,27 @@ def test_a_poison_body_is_a_400_naming_where_and_changes_nothing(
     assert fake_ims.submitted == []
     assert fake_deps.store.list_jobs(statuses=None, since=None, limit=10) == []
     assert fake_deps.store.notification_counts() == {}
+
+
+@pytest.mark.parametrize("bad_id", ["ff80\r\nX-Evil: 1", "job 1", "../../v3", "a?b"])
+def test_a_stored_job_id_that_is_not_plain_never_enters_the_location_header(
+    fake_deps, fake_ims, bad_id
+):
+    # A row recorded before IMS's ids were checked: every replay of its key answered 500, as
+    # the Location header could not be built. It answers with the request id instead.
+    client = create_app("create", MAIN).test_client()
+    body = {"name": "web01", "instance_id": INSTANCE}
+    first = client.post("/", json=body, headers={"Idempotency-Key": "k1"})
+    request_id = first.get_json()["request_id"]
+    # The port cannot store a bad id: put one there behind its back.
+    with fake_deps.store._transaction() as connection:
+        connection.execute(
+            "UPDATE jobs SET ims_job_id = ? WHERE request_id = ?", (bad_id, request_id)
+        )
+
+    replay = client.post("/", json=body, headers={"Idempotency-Key": "k1"})
+
+    assert replay.status_code == 202
+    assert replay.headers["Location"].endswith(f"?request_id={request_id}")
+    assert replay.get_json()["status_url"] == replay.headers["Location"]
+    assert len(fake_ims.submitted) == 1

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from cloudevents.http import from_http
 from flask import Request, Response
@@ -29,6 +30,7 @@ from wholeimage.idempotency import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     clean_idempotency_key,
 )
+from wholeimage.ims.client import PLAIN_JOB_ID
 from wholeimage.jsonbody import decode_json
 
 log = logging.getLogger("wholeimage.web")
@@ -209,9 +211,16 @@ def read_envelope(request: Request, data: bytes | None = None) -> Envelope:
 
 
 def status_url(request: Request, *, ims_job_id: str | None, request_id: str) -> str:
-    """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``)."""
+    """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``).
+
+    Only a plain job id goes into the URL (and so into the ``Location`` header): a row recorded
+    before IMS's ids were checked may hold one with a CR/LF or a space; then the request id,
+    always ours and hex, names the job.
+    """
     base = request.base_url
-    return f"{base}?job_id={ims_job_id}" if ims_job_id else f"{base}?request_id={request_id}"
+    if ims_job_id and PLAIN_JOB_ID.fullmatch(ims_job_id):
+        return f"{base}?job_id={ims_job_id}"
+    return f"{base}?request_id={quote(request_id, safe='')}"
 
 
 def authenticated(request: Request, deps: Dependencies, allowed: tuple[str, ...]) -> None:
