@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from ims_emulator import EmulatorConfig, Fault, ImsEmulator
+from tests.fakes import split_marker
 from wholeimage.ims import signer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +126,10 @@ def test_the_served_create_function_submits_a_signed_request_and_tracks_the_job(
     assert len(creates) == 1
     authorization = signer.parse_authorization(creates[0].headers["authorization"])
     assert authorization["SignedHeaders"] == "content-type;host;x-project-id;x-sdk-date"
-    assert json.loads(creates[0].body) == json.loads(SEED_ECS)
+    assert split_marker(json.loads(creates[0].body)) == (
+        json.loads(SEED_ECS),
+        response.json()["request_id"],
+    )
     # And the job is readable at the URL the answer gave
     status = httpx.get(response.json()["status_url"], headers=AUTH, timeout=10)
     assert status.status_code == 200
