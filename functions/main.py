@@ -17,11 +17,18 @@ import os
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, current_app, has_app_context
 
 from wholeimage.bootstrap import warn_if_open_at_start
+from wholeimage.web.limits import bound_bodies
 
 warn_if_open_at_start()
+
+# functions-framework runs this module inside the context of the app it serves, so every target's
+# bodies are bounded in size and time before anything reads them (docs/limits.md §1). A plain
+# import, outside any app, has nothing to wrap.
+if has_app_context():
+    bound_bodies(current_app)
 
 
 @functions_framework.http

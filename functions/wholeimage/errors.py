@@ -7,6 +7,7 @@
     ├── RequestInvalidError            400 invalid_request        (details: path + message each)
     │   └── UnsupportedMediaTypeError  400 unsupported_media_type
     ├── PayloadTooLargeError           413 payload_too_large
+    ├── RequestTimeoutError            408 request_timeout        (the body came too slowly)
     ├── UnauthorizedError              401 unauthorized
     ├── NotFoundError                  404 not_found
     ├── MethodNotAllowedError          405 method_not_allowed
@@ -105,6 +106,13 @@ class PayloadTooLargeError(WholeImageError):
 
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "payload_too_large"
+
+
+class RequestTimeoutError(WholeImageError):
+    """The body did not arrive within its time (``web.limits.BODY_SECONDS``)."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    code = "request_timeout"
 
 
 class UnauthorizedError(WholeImageError):
