@@ -148,10 +148,10 @@ def test_the_served_function_retries_a_throttled_ims_then_succeeds(create_functi
     assert ims.calls["create"] == 2
 
 
-def test_the_served_function_answers_503_with_retry_after_when_ims_stays_unavailable(
+def test_the_served_function_answers_503_with_retry_after_when_ims_keeps_throttling(
     create_function, ims
 ):
-    ims.inject("create", *[Fault(status=503)] * 10)
+    ims.inject("create", *[Fault(status=429)] * 10)
     response = httpx.post(
         create_function.url,
         content=SEED_ECS,
@@ -161,6 +161,23 @@ def test_the_served_function_answers_503_with_retry_after_when_ims_stays_unavail
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert httpx.get(create_function.url, params={"job_id": "x"}, headers=AUTH).status_code == 404
+
+
+def test_the_served_function_answers_a_5xx_from_ims_as_uncertain_and_never_resends(
+    create_function, ims
+):
+    # A 503 after the request went out may hide an accepted job: one call, and the caller is
+    # told the outcome is unknown (docs/reconcile.md).
+    ims.inject("create", *[Fault(status=503)] * 10)
+    response = httpx.post(
+        create_function.url,
+        content=SEED_ECS,
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 202
+    assert response.json()["status"] == "SUBMIT_UNCERTAIN"
+    assert ims.calls["create"] == 1
 
 
 def test_the_served_function_passes_an_ims_rejection_on_with_its_code(create_function, ims):
