@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from wholeimage.errors import (
     UpstreamUnavailableError,
 )
 from wholeimage.httputil import retry_after_seconds
+from wholeimage.ids import PLAIN_JOB_ID
 
 log = logging.getLogger("wholeimage.ims.client")
 
@@ -52,10 +52,6 @@ FLOW_CONTROL_CODE = "IMG.0060"
 _FLOW_CONTROL_CODES = frozenset({FLOW_CONTROL_CODE, "APIGW.0308"})
 # Statuses a safe read (never a write) tries again.
 _READ_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# What an IMS job or image id may be before it enters a path, a header or the store: IMS's are
-# 32 hex characters or UUIDs; anything with a space, a control or non-ASCII character, "/", "?",
-# "%" or a leading dot could break the signature or name another path (docs/ims-api.md §1.5).
-PLAIN_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 # The image statuses IMS documents (docs/ims-api.md §2.5).
 IMAGE_STATUSES = frozenset({"queued", "saving", "active", "killed", "deleted"})
 

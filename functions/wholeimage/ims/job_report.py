@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from wholeimage.ims.client import PLAIN_JOB_ID
+from wholeimage.ids import PLAIN_JOB_ID
 from wholeimage.logs import redact
 from wholeimage.models import JobStatus
 

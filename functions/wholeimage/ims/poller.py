@@ -26,8 +26,9 @@ from urllib.parse import quote
 import httpx
 
 from wholeimage.httputil import USER_AGENT, RateLimiter, retry_after_seconds, shared_ssl_context
+from wholeimage.ids import PLAIN_JOB_ID
 from wholeimage.ims.auth import AkSkAuth, HeaderSigner, IamPasswordAuth, StaticTokenAuth
-from wholeimage.ims.client import FLOW_CONTROL_CODE, PLAIN_JOB_ID, upstream_code_and_message
+from wholeimage.ims.client import FLOW_CONTROL_CODE, upstream_code_and_message
 from wholeimage.ims.job_report import JobReport, parse_job_report
 from wholeimage.ims.keepalive import KeepAlivePollClient
 

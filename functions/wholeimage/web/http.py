@@ -30,7 +30,7 @@ from wholeimage.idempotency import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     clean_idempotency_key,
 )
-from wholeimage.ims.client import PLAIN_JOB_ID
+from wholeimage.ids import PLAIN_JOB_ID
 from wholeimage.jsonbody import decode_json
 
 log = logging.getLogger("wholeimage.web")
