@@ -74,6 +74,7 @@ class CheckSummary:
     ended: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     still_outstanding: int = 0
+    unresolved: int = 0
     next_due_at: datetime | None = None
     budget_exhausted: bool = False
     aborted: str | None = None
@@ -89,6 +90,7 @@ class CheckSummary:
             "ended": dict(self.ended),
             "errors": dict(self.errors),
             "still_outstanding": self.still_outstanding,
+            "unresolved": self.unresolved,
             "next_due_at": self.next_due_at.isoformat() if self.next_due_at else None,
             "budget_exhausted": self.budget_exhausted,
             "aborted": self.aborted,
@@ -463,6 +465,7 @@ async def run_check(
     )
     await tick.run()
     summary.still_outstanding = store.count_outstanding()
+    summary.unresolved = store.count_unresolved()
     summary.next_due_at = store.next_due_at()
     summary.duration_s = monotonic() - started
     log.info("check tick done", extra={"summary": summary.as_json()})

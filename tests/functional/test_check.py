@@ -1033,6 +1033,12 @@ class SpyStore:
     def count_outstanding(self) -> int:
         return self.inner.count_outstanding()
 
+    def count_unresolved(self) -> int:
+        return self.inner.count_unresolved()
+
+    def claim_unresolved(self, **kwargs: Any) -> list[Job]:
+        return self.inner.claim_unresolved(**kwargs)
+
     def next_due_at(self) -> datetime | None:
         return self.inner.next_due_at()
 

@@ -177,3 +177,14 @@ def test_one_update_the_store_refuses_does_not_lose_the_others_of_its_batch(stor
         JobStatus.SUCCESS,
     ]
     assert store.notification_counts() == {"PENDING": 2}
+
+
+def test_the_tick_counts_what_is_still_unresolved_after_it(store):
+    made, waiting = uncertain(store, "made"), uncertain(store, "waiting")
+    ims = FakeImsClient(images={made.request_id: active("img-made")})
+
+    summary = tick(store, ims, timedelta(minutes=10))
+
+    assert summary.unresolved == 1
+    assert summary.as_json()["unresolved"] == 1
+    assert store.get(waiting.request_id).status is JobStatus.SUBMIT_UNCERTAIN

@@ -317,6 +317,14 @@ class SqlJobStore(ABC, Generic[Handle]):
             row = self._one(handle, f"SELECT COUNT(*) AS n {_OUTSTANDING}", {})
         return int(row["n"]) if row else 0
 
+    def count_unresolved(self) -> int:
+        """See ``JobStore.count_unresolved``."""
+        with self._read() as handle:
+            row = self._one(
+                handle, f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ({UNRESOLVED_SQL})", {}
+            )
+        return int(row["n"]) if row else 0
+
     def next_due_at(self) -> datetime | None:
         """See ``JobStore.next_due_at``."""
         with self._read() as handle:

@@ -24,7 +24,8 @@ Contract of a ``JobStore`` (each method is one transaction):
 - ``record_polls`` applies poll outcomes in one transaction, each only while the caller still
   holds that job's lease and the job is outstanding (or ``SUBMIT_UNCERTAIN``, being
   reconciled): an end is recorded exactly once. It returns the updates it applied.
-- ``count_outstanding`` / ``next_due_at`` summarise what is left.
+- ``count_outstanding`` / ``next_due_at`` summarise what is left; ``count_unresolved`` counts
+  the jobs whose submission outcome is still unknown.
 - ``list_jobs`` lists jobs newest first (by ``created_at``), optionally only some statuses and
   only those created since a moment, at most ``limit`` (what an operator's ``list`` shows).
 
@@ -371,6 +372,10 @@ class JobStore(Protocol):
 
     def count_outstanding(self) -> int:
         """How many jobs are waiting for a verdict."""
+        ...
+
+    def count_unresolved(self) -> int:
+        """How many jobs' submission outcome is unknown (``SUBMITTING``, ``SUBMIT_UNCERTAIN``)."""
         ...
 
     def next_due_at(self) -> datetime | None:
