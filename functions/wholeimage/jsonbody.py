@@ -22,12 +22,17 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def member_path(base: str, member: str | int) -> str:
-    """``base`` extended by one member, spelt as jsonschema's ``ValidationError.json_path``."""
+    """``base`` extended by one member, spelt as jsonschema's ``ValidationError.json_path``.
+
+    A lone surrogate in a member name is spelt as its escape (``$['\\ud800']``): the path goes
+    into an answer, and a lone surrogate cannot be encoded to be sent.
+    """
     if isinstance(member, int):
         return f"{base}[{member}]"
     if _PLAIN_MEMBER.match(member):
         return f"{base}.{member}"
     escaped = member.replace("\\", "\\\\").replace("'", "\\'")
+    escaped = _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", escaped)
     return f"{base}['{escaped}']"
 
 

@@ -28,6 +28,11 @@ INSTANCE = "877a2cda-ba63-4e1e-b95f-e67e48b6129a"
             "$.image_tags[0].value",
             id="surrogate-tag-value",
         ),
+        pytest.param(
+            f'{{"name": "web01", "instance_id": "{INSTANCE}", "\\ud800": 1}}',
+            "$['\\ud800']",
+            id="surrogate-member-name",  # was a 500: the path in the answer held the surrogate
+        ),
         pytest.param("[" * 2000 + "]" * 2000, "$", id="deep-nesting"),
         pytest.param('{"min_ram": ' + "9" * 5000 + "}", "$", id="huge-integer"),
     ],
