@@ -73,12 +73,21 @@ def decode_json(data: bytes, *, where: str = "$", source: str = "the body") -> A
             f"{source} holds a number too long to read",
             details=[{"path": where, "message": "an integer of at most 4300 digits"}],
         ) from None
+    check_document(document, where=where, source=source)
+    return document
+
+
+def check_document(document: Any, *, where: str = "$", source: str = "the body") -> None:
+    """Refuse a document parsed elsewhere (a CloudEvent's data) as ``decode_json`` would.
+
+    Raises:
+        RequestInvalidError: it nests deeper than ``MAX_DEPTH`` or holds a lone surrogate.
+    """
     problems: list[dict[str, str]] = []
     if not _walk(document, where, 0, problems):
         raise _too_deep(source, where)
     if problems:
         raise RequestInvalidError(f"{source} holds a string that is not text", details=problems)
-    return document
 
 
 def _too_deep(source: str, where: str) -> RequestInvalidError:

@@ -56,3 +56,62 @@ def test_a_poison_body_is_a_400_naming_where_and_changes_nothing(
     assert fake_ims.submitted == []
     assert fake_deps.store.list_jobs(statuses=None, since=None, limit=10) == []
     assert fake_deps.store.notification_counts() == {}
+
+
+POISON_DATA = f'{{"name": "web01", "instance_id": "{INSTANCE}", "description": "\\ud800"}}'
+EVENT = '"specversion": "1.0", "id": "evt-1", "source": "//ci/pipeline", "type": "image.requested"'
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "path"),
+    [
+        pytest.param(
+            {"Content-Type": "application/cloudevents+json"},
+            f'{{{EVENT}, "data": {POISON_DATA}}}',
+            "$.data.description",
+            id="structured",
+        ),
+        pytest.param(
+            {"Content-Type": "application/cloudevents+json"},
+            f'{{{EVENT}, "data": {"[" * 500 + "]" * 500}}}',
+            "$.data",
+            id="structured-deep",
+        ),
+        pytest.param(
+            {"Content-Type": "application/cloudevents+json"},
+            f'{{{EVENT}, "data": "\\ud800"}}',
+            "$.data",
+            id="structured-data-string",
+        ),
+        pytest.param(
+            {
+                "Content-Type": "application/json",
+                "ce-specversion": "1.0",
+                "ce-id": "evt-1",
+                "ce-source": "//ci/pipeline",
+                "ce-type": "image.requested",
+            },
+            POISON_DATA,
+            "$.data.description",
+            id="binary",
+        ),
+    ],
+)
+@pytest.mark.parametrize("target", ["create", "notify"])
+def test_a_cloud_event_whose_data_the_sdk_parsed_gets_the_same_checks_as_a_body(
+    fake_deps, fake_ims, target, headers, body, path
+):
+    """The SDK parses a structured event, and JSON data in binary mode, itself: that data was
+    submitted and stored unchecked, and a stored surrogate answered 500 (found by issue 9's fuzz
+    test)."""
+    client = create_app(target, MAIN).test_client()
+
+    answer = client.post("/", data=body.encode(), headers=headers)
+
+    assert answer.status_code == 400
+    error = answer.get_json()["error"]
+    assert error["code"] == "invalid_request"
+    assert path in [detail["path"] for detail in error["details"]]
+    assert fake_ims.submitted == []
+    assert fake_deps.store.list_jobs(statuses=None, since=None, limit=10) == []
+    assert fake_deps.store.notification_counts() == {}
