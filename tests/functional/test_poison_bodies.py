@@ -4,6 +4,7 @@ issue 9, item 3). Before, each was a 500, and a stored surrogate made its key an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,32 @@ def test_a_cloud_event_whose_data_the_sdk_parsed_gets_the_same_checks_as_a_body(
     assert fake_ims.submitted == []
     assert fake_deps.store.list_jobs(statuses=None, since=None, limit=10) == []
     assert fake_deps.store.notification_counts() == {}
+
+
+@pytest.mark.parametrize("number", ["1e20", "1e300", "1" + "0" * 30 + ".0"])
+def test_an_integer_written_as_a_float_too_big_for_the_model_is_a_400_naming_it(
+    fake_deps, fake_ims, number
+):
+    """The schema's "integer" is any number without a fraction; the model reads such a float only
+    below 2**63, and pydantic's refusal was a 500 (found by issue 9's fuzz test)."""
+    client = create_app("create", MAIN).test_client()
+    body = f'{{"name": "web01", "instance_id": "{INSTANCE}", "min_ram": {number}}}'
+
+    answer = client.post("/", data=body.encode(), headers={"Content-Type": "application/json"})
+
+    assert answer.status_code == 400
+    error = answer.get_json()["error"]
+    assert error["code"] == "invalid_request"
+    assert [detail["path"] for detail in error["details"]] == ["$.min_ram"]
+    assert "pydantic" not in json.dumps(error)
+    assert fake_ims.submitted == []
+
+
+def test_an_integer_written_as_a_small_float_is_still_read_as_that_integer(fake_deps, fake_ims):
+    client = create_app("create", MAIN).test_client()
+    body = f'{{"name": "web01", "instance_id": "{INSTANCE}", "min_ram": 1e3}}'
+
+    answer = client.post("/", data=body.encode(), headers={"Content-Type": "application/json"})
+
+    assert answer.status_code == 202
+    assert fake_ims.submitted[0]["min_ram"] == 1000
