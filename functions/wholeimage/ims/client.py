@@ -11,9 +11,9 @@ The adapter is handed an ``httpx.Client`` whose auth signs each request or adds 
 - anything else: ``UpstreamError``.
 
 A POST that never reached IMS (no connection, or the auth's IAM token request failed first) is
-retried like a 503. A POST that timed out after it was sent (read timeout, connection lost, 504)
-may have been accepted: it raises ``UpstreamTimeoutError(request_sent=True)`` and is never
-resubmitted.
+retried like a 503. A POST that timed out after it was sent (read timeout, connection lost, 504),
+or whose answer cannot be decoded, may have been accepted: it raises
+``UpstreamTimeoutError(request_sent=True)`` and is never resubmitted.
 """
 
 from __future__ import annotations
@@ -184,6 +184,12 @@ class HttpImsClient:
                 raise _Retryable(None, {"error": type(exc).__name__}) from exc
             raise UpstreamTimeoutError(
                 "IMS did not answer after the request was sent; it may have been accepted",
+                request_sent=True,
+            ) from exc
+        except httpx.DecodingError as exc:
+            # IMS answered, but the body cannot be decoded (a broken gzip): it may have accepted.
+            raise UpstreamTimeoutError(
+                "IMS's answer could not be decoded; the request may have been accepted",
                 request_sent=True,
             ) from exc
         return self._check(response)

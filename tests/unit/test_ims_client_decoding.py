@@ -1,0 +1,29 @@
+"""An IMS answer whose body cannot be decoded (``Content-Encoding: gzip`` over a body that is not)
+was an ``httpx.DecodingError`` out of the client and a 500 of ``create`` (found by issue 9's fuzz
+test). The POST was sent and answered, so IMS may have accepted it: the client says so, as for a
+timeout after sending, and ``create`` records the job ``SUBMIT_UNCERTAIN`` (never resubmitted)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from wholeimage.errors import UpstreamTimeoutError
+from wholeimage.ims.client import HttpImsClient, RetryPolicy
+
+
+def test_an_answer_that_cannot_be_decoded_may_have_been_accepted_and_is_not_resent():
+    requests: list[httpx.Request] = []
+
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    http = httpx.Client(base_url="https://ims.example", transport=httpx.MockTransport(broken_gzip))
+    client = HttpImsClient(http, retry=RetryPolicy(max_attempts=4), sleep=lambda _: None)
+
+    with pytest.raises(UpstreamTimeoutError) as raised:
+        client.create_whole_image({"name": "web01"})
+
+    assert raised.value.request_sent is True
+    assert len(requests) == 1
