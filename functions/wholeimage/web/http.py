@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from cloudevents.http import from_http
 from flask import Request, Response
@@ -213,9 +214,15 @@ def read_envelope(request: Request, data: bytes | None = None) -> Envelope:
 
 
 def status_url(request: Request, *, ims_job_id: str | None, request_id: str) -> str:
-    """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``)."""
+    """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``).
+
+    The id is percent-encoded: it is IMS's, and one holding a line feed would otherwise break the
+    ``Location`` header, one holding ``&`` the query.
+    """
     base = request.base_url
-    return f"{base}?job_id={ims_job_id}" if ims_job_id else f"{base}?request_id={request_id}"
+    if ims_job_id:
+        return f"{base}?job_id={quote(ims_job_id, safe='')}"
+    return f"{base}?request_id={quote(request_id, safe='')}"
 
 
 def authenticated(request: Request, deps: Dependencies, allowed: tuple[str, ...]) -> None:
