@@ -1,14 +1,16 @@
-"""An IMS answer whose body cannot be decoded (``Content-Encoding: gzip`` over a body that is not)
-was an ``httpx.DecodingError`` out of the client and a 500 of ``create`` (found by issue 9's fuzz
-test). The POST was sent and answered, so IMS may have accepted it: the client says so, as for a
-timeout after sending, and ``create`` records the job ``SUBMIT_UNCERTAIN`` (never resubmitted)."""
+"""IMS answers that cannot be read were 500s of ``create`` (found by issue 9's fuzz test).
+
+A body that cannot be decoded (``Content-Encoding: gzip`` over a body that is not) was an
+``httpx.DecodingError`` out of the client. The POST was sent and answered, so IMS may have accepted
+it: the client says so, as for a timeout after sending, and ``create`` records the job
+``SUBMIT_UNCERTAIN`` (never resubmitted). A job id that is no text is no job id."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from wholeimage.errors import UpstreamTimeoutError
+from wholeimage.errors import UpstreamError, UpstreamTimeoutError
 from wholeimage.ims.client import HttpImsClient, RetryPolicy
 
 
@@ -27,3 +29,19 @@ def test_an_answer_that_cannot_be_decoded_may_have_been_accepted_and_is_not_rese
 
     assert raised.value.request_sent is True
     assert len(requests) == 1
+
+
+def test_a_job_id_that_is_no_text_is_no_job_id():
+    """``{"job_id": "a\\ud800"}`` was taken as a job id, and storing it was a 500 that left the job
+    SUBMITTING (found by issue 9's fuzz test); it is the answer without a job id."""
+
+    def lone_surrogate(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b'{"job_id": "a\\ud800"}')
+
+    http = httpx.Client(
+        base_url="https://ims.example", transport=httpx.MockTransport(lone_surrogate)
+    )
+    client = HttpImsClient(http, sleep=lambda _: None)
+
+    with pytest.raises(UpstreamError, match="no job_id"):
+        client.create_whole_image({"name": "web01"})

@@ -103,6 +103,14 @@ def _failed_on(exc: httpx.TransportError, path: str) -> bool:
     return failed.url.path.endswith(path)
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Retryable(Exception):
     def __init__(self, delay_hint: float | None, upstream: dict[str, Any]) -> None:
         super().__init__("retryable")
@@ -134,7 +142,8 @@ class HttpImsClient:
             job_id = response.json()["job_id"]
         except (ValueError, KeyError, TypeError):
             job_id = None
-        if not isinstance(job_id, str) or not job_id:
+        # A lone surrogate ("\\ud800" in the JSON) is no text: it could not be stored or answered.
+        if not isinstance(job_id, str) or not job_id or not _is_text(job_id):
             raise UpstreamError("IMS accepted the request but its answer has no job_id")
         return job_id
 
