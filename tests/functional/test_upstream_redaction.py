@@ -111,3 +111,18 @@ def test_a_fail_reason_is_redacted_and_clipped():
     assert report.fail_reason is not None
     assert SECURITY_TOKEN not in report.fail_reason
     assert len(report.fail_reason) == MAX_FAIL_REASON
+
+
+def test_an_error_body_with_a_lone_surrogate_in_a_text_can_be_sent(fake_deps):
+    """The CloudEvents SDK quotes a malformed specversion in its message, and a lone surrogate
+    there made the answer a 500: it could not be encoded (found by issue 9's fuzz test)."""
+    client = create_app("create", str(ROOT / "functions" / "main.py")).test_client()
+    event = {"specversion": "\ud800", "id": "e", "source": "//ci", "type": "t", "data": BODY}
+
+    answer = client.post(
+        "/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"}
+    )
+
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "invalid_request"
+    assert "\\ud800" in answer.get_json()["error"]["details"][0]["message"]
