@@ -64,11 +64,13 @@ class WholeImageError(Exception):
         """The JSON error body ``{"error": {"code", "message", "details", ...}}``.
 
         Every text in it goes through the log redaction first: an upstream service (IMS, its
-        gateway, IAM) may quote our request back, credentials included.
+        gateway, IAM) may quote our request back, credentials included. A lone surrogate in a
+        text (a library quoting what a caller sent) is spelt as its escape, so the body can
+        always be encoded to be sent.
         """
         error: dict[str, Any] = {
             "code": self.code,
-            "message": redact(self.message),
+            "message": _public(self.message),
             "details": [_redacted(detail) for detail in self.details],
         }
         if self.upstream is not None:
@@ -76,9 +78,13 @@ class WholeImageError(Exception):
         return {"error": error}
 
 
+def _public(text: str) -> str:
+    return redact(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _redacted(values: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: redact(value) if isinstance(value, str) else value for key, value in values.items()
+        key: _public(value) if isinstance(value, str) else value for key, value in values.items()
     }
 
 

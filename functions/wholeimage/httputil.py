@@ -24,21 +24,31 @@ from wholeimage.errors import ConfigurationError
 USER_AGENT = "wholeimage/0.1"
 
 
+# The longest wait a Retry-After is read as. Every caller gives up sooner (the IMS retry budget, a
+# tick's budget, notify's max age), and a longer one ("9" * 400 reads as infinity) would overflow
+# the time arithmetic after it.
+MAX_RETRY_AFTER = 86_400.0
+
+
 def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or HTTP-date), or None when absent or unreadable."""
+    """``Retry-After`` as seconds (delta-seconds or HTTP-date), or None when absent or unreadable.
+
+    At most ``MAX_RETRY_AFTER``; delta-seconds are ASCII digits (RFC 9110), so ``"²"``, which
+    ``str.isdigit`` takes and ``float`` does not, is unreadable.
+    """
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if moment.tzinfo is None:  # "-0000" (RFC 5322): UTC
         moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
+    return min(MAX_RETRY_AFTER, max(0.0, (moment - (now or datetime.now(UTC))).total_seconds()))
 
 
 CA_FILE_VARIABLE = "SSL_CERT_FILE"

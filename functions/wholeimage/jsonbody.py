@@ -22,12 +22,17 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def member_path(base: str, member: str | int) -> str:
-    """``base`` extended by one member, spelt as jsonschema's ``ValidationError.json_path``."""
+    """``base`` extended by one member, spelt as jsonschema's ``ValidationError.json_path``.
+
+    A lone surrogate in a member name is spelt as its escape (``$['\\ud800']``): the path goes
+    into an answer, and a lone surrogate cannot be encoded to be sent.
+    """
     if isinstance(member, int):
         return f"{base}[{member}]"
     if _PLAIN_MEMBER.match(member):
         return f"{base}.{member}"
     escaped = member.replace("\\", "\\\\").replace("'", "\\'")
+    escaped = _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", escaped)
     return f"{base}['{escaped}']"
 
 
@@ -68,12 +73,21 @@ def decode_json(data: bytes, *, where: str = "$", source: str = "the body") -> A
             f"{source} holds a number too long to read",
             details=[{"path": where, "message": "an integer of at most 4300 digits"}],
         ) from None
+    check_document(document, where=where, source=source)
+    return document
+
+
+def check_document(document: Any, *, where: str = "$", source: str = "the body") -> None:
+    """Refuse a document parsed elsewhere (a CloudEvent's data) as ``decode_json`` would.
+
+    Raises:
+        RequestInvalidError: it nests deeper than ``MAX_DEPTH`` or holds a lone surrogate.
+    """
     problems: list[dict[str, str]] = []
     if not _walk(document, where, 0, problems):
         raise _too_deep(source, where)
     if problems:
         raise RequestInvalidError(f"{source} holds a string that is not text", details=problems)
-    return document
 
 
 def _too_deep(source: str, where: str) -> RequestInvalidError:

@@ -15,6 +15,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 REDACTED = "[REDACTED]"
 TRACE_KEY = "logging.googleapis.com/trace"
@@ -22,7 +23,9 @@ TRACE_KEY = "logging.googleapis.com/trace"
 # Shapes of credentials that may sneak into a message even when their value is not configured.
 _CREDENTIAL_PATTERNS = [
     re.compile(r"(Access=)[^,\s]+"),
+    re.compile(r"(Access%3[dD])[^,\s%]+"),  # percent-encoded, as a gateway may quote it
     re.compile(r"(Signature=)[0-9a-fA-F]+"),
+    re.compile(r"(Signature%3[dD])[0-9a-fA-F]+"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"),  # a token, not the word "token"
     re.compile(r"(?i)(x-auth-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"),
     re.compile(r"(?i)(x-security-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"),
@@ -38,9 +41,12 @@ _secrets_lock = threading.Lock()
 
 
 def register_secrets(values: list[str]) -> None:
-    """Add values that must never be printed (AK/SK, tokens, webhook URLs)."""
+    """Add values that must never be printed (AK/SK, tokens, webhook URLs), as they are and
+    percent-encoded: a gateway may quote our request URL-encoded."""
     with _secrets_lock:
-        _secrets.update(value for value in values if len(value) >= 4)
+        for value in values:
+            if len(value) >= 4:
+                _secrets.update({value, quote(value, safe=""), quote(value)})
 
 
 def redact(text: str) -> str:

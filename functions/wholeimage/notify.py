@@ -296,6 +296,9 @@ class _ChannelRun:
             # Sent but unanswered: the service may have posted it. Retry (never lose it); the
             # duplicate risk is this one exchange (see the module docstring).
             return Delivery("retry", detail=f"no answer: {type(exc).__name__}")
+        except httpx.DecodingError as exc:
+            # Answered, but the body cannot be decoded (a broken gzip): unconfirmed, as above.
+            return Delivery("retry", detail=f"unreadable answer: {type(exc).__name__}")
         delivery = self.target.classify(response)
         log.log(
             logging.INFO if delivery.outcome == "delivered" else logging.WARNING,

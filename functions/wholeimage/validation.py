@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -74,11 +74,16 @@ def readable_date_time(value: object) -> bool:
     """A ``date-time`` string is one ``datetime.fromisoformat`` reads, as the code reads them.
 
     Raises:
-        ValueError: it names a moment that does not exist (30 February, second 60, year 0) or
-            is spelt in a way the code cannot read (a lower-case ``z``).
+        ValueError: it names a moment that does not exist (30 February, second 60, year 0), one
+            that is no date in UTC (9999-12-31T23:59:59-23:59 is in the year 10000), or is spelt
+            in a way the code cannot read (a lower-case ``z``).
     """
     if isinstance(value, str):
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        try:
+            moment.astimezone(UTC)  # messages and stores write times in UTC
+        except OverflowError:
+            raise ValueError(f"{value} is no date in UTC") from None
     return True
 
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from cloudevents.conversion import to_binary, to_structured
@@ -353,3 +354,20 @@ def test_a_cloudevent_whose_id_is_not_printable_is_400(client, ims):
     response = client.post("/", data=body, headers=headers)
     assert response.status_code == 400
     assert ims.submitted == []
+
+
+@pytest.mark.parametrize("job_id", ["a\r\nSet-Cookie: x=1", "a&request_id=b", "a b/c"])
+def test_an_odd_ims_job_id_never_enters_the_status_url(client, ims, job_id):
+    """A job id with a line feed broke the Location header: a 500 after IMS had accepted the job
+    (found by issue 9's fuzz test). The real client refuses such ids (they become
+    SUBMIT_UNCERTAIN); past a fake that hands one on, the URL names the request id."""
+    ims.script.append(job_id)
+
+    response = post_json(client, ECS_BODY)
+
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert answer["job_id"] == job_id
+    expected = f"http://localhost/?request_id={quote(answer['request_id'], safe='')}"
+    assert answer["status_url"] == expected
+    assert response.headers["Location"] == answer["status_url"]

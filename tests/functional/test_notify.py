@@ -836,6 +836,28 @@ def test_a_connection_failure_leaves_the_row_pending_for_a_retry(store, state_ur
 
 
 @BOTH_STORES
+def test_an_answer_that_cannot_be_decoded_leaves_the_row_pending_for_a_retry(store, state_url):
+    """A 200 whose body claims gzip and is not was an httpx.DecodingError out of the run: a 500
+    of ``notify`` (found by issue 9's fuzz test)."""
+    time = FakeTime()
+    slack = channel("slack")
+    [pending] = enqueue(store, [job_result(1)], [slack], now=time.now())
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    summary = deliver(store, [slack], Service(then=broken), time)
+
+    row = outbox_rows(state_url)[pending]
+    assert (row.state, row.attempts, row.last_error) == (
+        "PENDING",
+        1,
+        "unreadable answer: DecodingError",
+    )
+    assert summary.retried == 1
+
+
+@BOTH_STORES
 def test_a_row_still_undelivered_after_max_age_is_dead(store, state_url):
     time = FakeTime()
     hook = channel("standard")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -111,3 +112,40 @@ def test_a_fail_reason_is_redacted_and_clipped():
     assert report.fail_reason is not None
     assert SECURITY_TOKEN not in report.fail_reason
     assert len(report.fail_reason) == MAX_FAIL_REASON
+
+
+def test_an_error_body_with_a_lone_surrogate_in_a_text_can_be_sent(fake_deps):
+    """The CloudEvents SDK quotes a malformed specversion in its message, and a lone surrogate
+    there made the answer a 500: it could not be encoded (found by issue 9's fuzz test)."""
+    client = create_app("create", str(ROOT / "functions" / "main.py")).test_client()
+    event = {"specversion": "\ud800", "id": "e", "source": "//ci", "type": "t", "data": BODY}
+
+    answer = client.post(
+        "/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"}
+    )
+
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "invalid_request"
+    assert "\\ud800" in answer.get_json()["error"]["details"][0]["message"]
+
+
+def test_a_refusal_quoting_our_request_percent_encoded_is_redacted_too():
+    """A gateway that quotes the signed request URL-encoded hid the token and the signature from
+    the redaction: ``%2B`` is no ``+``, ``Signature%3D`` no ``Signature=`` (found by issue 9's
+    fuzz test)."""
+    token = "tokenWith+plus/slash=equals0123456789"
+    register_secrets([AK, token])
+    signed = f"SDK-HMAC-SHA256 Access={AK}, SignedHeaders=host, Signature={'ab12' * 16}"
+    quoted = quote(f"X-Security-Token: {token} Authorization: {signed}")
+    error = ImsRejectedError(
+        f"IMS refused the request: {quoted}",
+        http_status=400,
+        upstream={"status": 400, "code": "IMG.0001", "message": quoted},
+    )
+
+    body = json.dumps(error.body())
+
+    for secret in (AK, token, "ab12" * 16):
+        assert secret not in body
+        assert quote(secret, safe="") not in body
+        assert quote(secret) not in body

@@ -4,8 +4,8 @@ jsonschema asserts ``format: date-time`` only when the optional rfc3339-validato
 The test tools bring it (openapi-spec-validator depends on it); a deployment, which installs
 ``requirements.txt`` only, does not. ``wholeimage.validation`` registers its own check, so a time
 the schemas' pattern lets through but the code cannot read (30 February, second 60, year 0, a
-lower-case ``z``) is refused as a 400 in both, never read later into a 500 (schemathesis, run
-against the dev environment, could not see that difference).
+lower-case ``z``, a time in the year 10000 once in UTC) is refused as a 400 in both, never read
+later into a 500 (schemathesis, run against the dev environment, could not see that difference).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ UNREADABLE = [
     "2026-11-27T10:00:60Z",
     "0000-01-01T00:00:00Z",
     "2026-11-27t10:00:00z",
+    # No date in UTC: rendering a message with one was a 500 (found by issue 9's fuzz test).
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00+00:01",
 ]
 READABLE = [
     "2026-11-27T10:00:00Z",

@@ -15,6 +15,7 @@ answer means decides whether it may be sent again (docs/ims-api.md §3.4, docs/r
   the request went out, a timeout or lost connection after sending (``UpstreamTimeoutError``),
   a 200 without a readable, plain job id.
 
+An answer that cannot be decoded (a broken gzip body) counts as lost after sending.
 Reads (the image list) are safe to repeat: 5xx and transport errors are retried too.
 """
 
@@ -249,6 +250,12 @@ class HttpImsClient:
                 raise _Retryable(None, {"error": type(exc).__name__}) from exc
             raise UpstreamTimeoutError(
                 "IMS did not answer after the request was sent; it may have been accepted",
+                request_sent=True,
+            ) from exc
+        except httpx.DecodingError as exc:
+            # IMS answered, but the body cannot be decoded (a broken gzip): it may have accepted.
+            raise UpstreamTimeoutError(
+                "IMS's answer could not be decoded; the request may have been accepted",
                 request_sent=True,
             ) from exc
         return self._check(response)

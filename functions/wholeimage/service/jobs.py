@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from wholeimage.bootstrap import Dependencies
 from wholeimage.create import find_job, submit_create
-from wholeimage.errors import NotFoundError
+from wholeimage.errors import NotFoundError, RequestInvalidError
+from wholeimage.jsonbody import member_path
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.service.ports import ims_client
 from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate
@@ -44,6 +47,13 @@ class Submission:
         return _MESSAGES.get(self.job.status, "The job is tracked.")
 
 
+# What the model refuses after the schema accepted it, said as a rule (never pydantic's text).
+_MODEL_RULES = {
+    "int_parsing_size": "an integer this large must be written without a fraction or an exponent"
+}
+_MODEL_RULE = "is not a value this field can hold"
+
+
 def create_request(payload: Any) -> CreateImageRequest:
     """The create body as our model, once ``schemas/create-request.schema.json`` accepts it.
 
@@ -51,7 +61,33 @@ def create_request(payload: Any) -> CreateImageRequest:
         RequestInvalidError: every failing field, by JSON path.
     """
     validate(CREATE_REQUEST_SCHEMA, payload)
-    return CreateImageRequest.model_validate(payload)
+    try:
+        return CreateImageRequest.model_validate(payload)
+    except ValidationError as exc:
+        # The schema's "integer" is any number without a fraction (1e20), where the model reads
+        # a float as an integer only below 2**63; whatever else it refuses is named the same way.
+        details = sorted(
+            (
+                {
+                    "path": _json_path(error["loc"]),
+                    "message": _MODEL_RULES.get(error["type"], _MODEL_RULE),
+                }
+                for error in exc.errors()
+            ),
+            key=lambda detail: detail["path"],
+        )
+        count = len(details)
+        raise RequestInvalidError(
+            f"the request body is invalid: {count} problem{'s' if count != 1 else ''}",
+            details=details,
+        ) from None
+
+
+def _json_path(location: tuple[int | str, ...]) -> str:
+    path = "$"
+    for member in location:
+        path = member_path(path, member)
+    return path
 
 
 def submit(

@@ -31,7 +31,7 @@ from wholeimage.idempotency import (
     clean_idempotency_key,
 )
 from wholeimage.ids import PLAIN_JOB_ID
-from wholeimage.jsonbody import decode_json
+from wholeimage.jsonbody import check_document, decode_json
 
 log = logging.getLogger("wholeimage.web")
 
@@ -167,8 +167,12 @@ def _cloud_event_envelope(request: Request, data: bytes) -> Envelope:
     _check_required_attributes(event, structured=_is_structured(request))
     payload = event.get_data()
     if isinstance(payload, bytes | bytearray | str):
-        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        payload = decode_json(raw, where="$.data")
+        # surrogatepass: a lone surrogate in a data string is then named, not a crash.
+        raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+        payload = decode_json(bytes(raw), where="$.data")
+    else:
+        # The SDK parsed the data itself (structured mode, JSON in binary mode): the same checks.
+        check_document(payload, where="$.data")
     source, event_id = str(event["source"]), str(event["id"])
     if (
         not (source + event_id).isprintable()
