@@ -331,6 +331,13 @@ class Case:
     unreachable: bool = False
 
     @property
+    def waits(self) -> bool:
+        """Whether it takes real time: a client timeout, or the waits between retries."""
+        return self.unreachable or any(
+            fault.hang or (fault.status in (429, 503) and not fault.after) for fault in self.faults
+        )
+
+    @property
     def uncertain(self) -> bool:
         return self.first == (202, "SUBMIT_UNCERTAIN")
 
@@ -479,7 +486,13 @@ def assert_the_verdict(ended: Job, case: Case, emulated: EmulatedJob | None) -> 
         assert ended.error_code == UNCONFIRMED_CODE
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, id=case.id, marks=[pytest.mark.slow] if case.waits else [])
+        for case in CASES
+    ],
+)
 def test_a_faulted_create_ends_once_with_imss_verdict_and_one_message_per_channel(
     world: World, case: Case
 ):
