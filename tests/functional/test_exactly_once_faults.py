@@ -30,6 +30,7 @@ import json
 import logging
 import random
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -554,6 +555,43 @@ def test_a_faulted_create_ends_once_with_imss_verdict_and_one_message_per_channe
         assert retry.status_code == 202, retry.get_data(as_text=True)
         assert retry.get_json()["status"] == "SUBMITTED"
         assert len(ims.jobs) == (2 if emulated is not None else 1)
+
+
+# === check takes over a create that is still running =========================================
+
+
+@pytest.mark.slow
+def test_a_certain_refusal_after_check_took_the_live_call_over_leaves_nothing_behind(
+    world: World,
+):
+    deps = Dependencies(
+        settings=wholeimage_settings(
+            world.ims.url, world.state_url, world.sinks, reconcile_after=0, ims_timeout=10
+        ),
+        store=world.deps.store,
+    )
+    world.extra.append(deps)
+    set_dependencies(deps)
+    body = cbr_body("taken-over")
+    refusal = Fault.ims_error("IMG.0020", "The backup does not exist.")
+    world.ims.inject("create", Fault(delay=1.0, status=refusal.status, body=refusal.body))
+    answer: list[TestResponse] = []
+    caller = threading.Thread(target=lambda: answer.append(world.post(body, "key-1")))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while not world.ims.calls.get("create"):  # the create call is in IMS's hands now
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    tick_at(deps, world.clock)  # reconcile_after=0: the live SUBMITTING row counts as stale
+    caller.join(timeout=10)
+
+    assert answer[0].status_code == 400
+    assert answer[0].get_json()["error"]["code"] == "ims_rejected"
+    # What the caller was told must hold: nothing recorded, the key and the backup free.
+    assert all_jobs(world.deps.store) == []
+    again = world.post(body, "key-1")
+    assert again.status_code == 202
+    assert again.get_json()["status"] == "SUBMITTED"
 
 
 # === a mixed run ===============================================================================
