@@ -100,7 +100,8 @@ def submit_create(
         log.error("IMS submission outcome unknown; not resubmitted", extra=log_fields)
         return CreateOutcome(job=uncertain, replayed=False)
     except (ImsRejectedError, UpstreamError):
-        # IMS certainly did not take it: leave nothing behind, so the caller may retry.
+        # IMS certainly did not take it: leave nothing behind, so the caller may retry. Also when
+        # check took this live call over meanwhile (SUBMIT_UNCERTAIN): the refusal ends the doubt.
         store.discard(job.request_id)
         raise
     except BaseException:

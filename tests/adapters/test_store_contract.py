@@ -40,6 +40,7 @@ from wholeimage.models import (
     Job,
     JobStatus,
 )
+from wholeimage.statuses import UNRESOLVED
 from wholeimage.store.postgres import _CLAIM, MIGRATIONS, migrate
 from wholeimage.store.records import JobStore, PollUpdate, to_epoch
 
@@ -65,6 +66,7 @@ FULL_CBR_BODY: dict[str, Any] = {
 }
 BACKUP_KINDS = pytest.mark.parametrize("kind", ["csbs", "cbr"])
 NOT_SUBMITTING = [status for status in JobStatus if status is not JobStatus.SUBMITTING]
+NOT_UNRESOLVED = [status for status in JobStatus if status not in UNRESOLVED]
 NEVER_CLAIMED = [status for status in JobStatus if status not in OUTSTANDING]
 
 POOL_SIZE = 500
@@ -407,15 +409,31 @@ def test_discard_deletes_a_submitting_job_and_frees_its_key_and_backup(store, ki
     assert store.reserve(new_job(body, key="key-1")).created is True
 
 
-def test_discard_leaves_a_job_that_is_not_submitting_alone(store, state_url):
-    jobs = reserve_all(store, [new_job(status=status) for status in NOT_SUBMITTING])
+@BACKUP_KINDS
+def test_discard_deletes_a_job_check_made_uncertain_meanwhile_and_frees_its_key_and_backup(
+    store, kind
+):
+    # check took the live call over (SUBMIT_UNCERTAIN); then IMS refused it for certain.
+    body = backup_body(kind)
+    job = new_job(body, key="key-1")
+    store.reserve(job)
+    store.mark_uncertain(job.request_id, reason="interrupted", now=T0)
+
+    store.discard(job.request_id)
+
+    assert store.get(job.request_id) is None
+    assert store.reserve(new_job(body, key="key-1")).created is True
+
+
+def test_discard_leaves_a_submitted_or_ended_job_alone(store, state_url):
+    jobs = reserve_all(store, [new_job(status=status) for status in NOT_UNRESOLVED])
 
     for job in jobs:
         store.discard(job.request_id)
     store.discard("0123456789abcdef0123456789abcdef")
 
     assert [store.get(job.request_id) for job in jobs] == jobs
-    assert job_count(state_url) == len(NOT_SUBMITTING)
+    assert job_count(state_url) == len(NOT_UNRESOLVED)
 
 
 def test_get_and_get_by_ims_job_id_answer_none_for_unknown_ids(store):

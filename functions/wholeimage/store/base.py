@@ -234,8 +234,8 @@ class SqlJobStore(ABC, Generic[Handle]):
         with self._transaction() as handle:
             self._run(
                 handle,
-                "DELETE FROM jobs WHERE request_id = :request_id AND status = :status",
-                {"request_id": request_id, "status": JobStatus.SUBMITTING.value},
+                f"DELETE FROM jobs WHERE request_id = :request_id AND status IN ({UNRESOLVED_SQL})",
+                {"request_id": request_id},
             )
 
     def get(self, request_id: str) -> Job | None:

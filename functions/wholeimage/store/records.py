@@ -12,7 +12,9 @@ Contract of a ``JobStore`` (each method is one transaction):
   losing such a race (a unique constraint refuses it twice) raises ``SubmissionInProgressError``.
 - ``mark_submitted`` / ``mark_uncertain`` move a ``SUBMITTING`` job on (a job in another status
   is left alone and returned as it is; an unknown one raises ``LookupError``); ``discard``
-  deletes a ``SUBMITTING`` job whose submission IMS definitely refused, so nothing is left behind.
+  deletes a job whose submission IMS definitely refused, so nothing is left behind: while it is
+  ``SUBMITTING``, or ``SUBMIT_UNCERTAIN`` because ``claim_unresolved`` took the live call over
+  (IMS's refusal settles that doubt); a submitted or ended job is left alone.
 - ``get`` / ``get_by_ims_job_id`` read one job.
 - ``claim_due`` leases up to ``limit`` outstanding jobs whose next poll is due and whose lease
   (if any) has expired, earliest first; concurrent claims never return the same job.
@@ -309,7 +311,7 @@ class JobStore(Protocol):
         ...
 
     def discard(self, request_id: str) -> None:
-        """Delete a ``SUBMITTING`` job that IMS refused."""
+        """Delete a job IMS certainly refused, while it is unresolved (see the module docstring)."""
         ...
 
     def get(self, request_id: str) -> Job | None:
