@@ -113,7 +113,15 @@ def submit_create(
     submitted = store.mark_submitted(
         job.request_id, ims_job_id=ims_job_id, now=now(), next_poll_at=now() + FIRST_POLL_DELAY
     )
-    log.info("IMS job submitted", extra={**log_fields, "job_id": ims_job_id})
+    if submitted.status is JobStatus.SUBMITTED:
+        log.info("IMS job submitted", extra={**log_fields, "job_id": ims_job_id})
+    else:
+        # check took the call over as abandoned (WHOLEIMAGE_RECONCILE_AFTER shorter than this
+        # call): the job stays with reconciliation, which finds the image by its marker.
+        log.warning(
+            "IMS accepted the job after check had taken it over; reconciled by its marker",
+            extra={**log_fields, "job_id": ims_job_id, "status": submitted.status.value},
+        )
     return CreateOutcome(job=submitted, replayed=False)
 
 
