@@ -33,18 +33,26 @@ locals {
   })
 
   # Secrets go to encrypted_user_data: FunctionGraph stores them encrypted and masks them.
-  # check gets no WHOLEIMAGE_API_TOKEN: only its timer can invoke it (it has no APIG trigger),
-  # and a timer sends no Authorization header.
+  # Each function gets only the secrets it uses: notify never calls IMS (no AK/SK), create never
+  # notifies (no webhook URL). check gets no WHOLEIMAGE_API_TOKEN: only its timer can invoke it
+  # (it has no APIG trigger), and a timer sends no Authorization header. An empty value (no
+  # webhook_url) is left out.
+  secret_names = {
+    create = ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL"]
+    check  = ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "WHOLEIMAGE_STATE_URL", "WHOLEIMAGE_WEBHOOK_URL"]
+    notify = ["WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL", "WHOLEIMAGE_WEBHOOK_URL"]
+  }
+  secret_values = {
+    HUAWEICLOUD_SDK_AK     = var.access_key
+    HUAWEICLOUD_SDK_SK     = var.secret_key
+    WHOLEIMAGE_API_TOKEN   = var.api_token
+    WHOLEIMAGE_STATE_URL   = local.state_url
+    WHOLEIMAGE_WEBHOOK_URL = var.webhook_url
+  }
   secrets = {
-    for name, fn in local.functions : name => merge(
-      {
-        HUAWEICLOUD_SDK_AK   = var.access_key
-        HUAWEICLOUD_SDK_SK   = var.secret_key
-        WHOLEIMAGE_STATE_URL = local.state_url
-      },
-      name == "check" ? {} : { WHOLEIMAGE_API_TOKEN = var.api_token },
-      name == "create" || var.webhook_url == "" ? {} : { WHOLEIMAGE_WEBHOOK_URL = var.webhook_url },
-    )
+    for name, names in local.secret_names : name => {
+      for key in names : key => local.secret_values[key] if local.secret_values[key] != ""
+    }
   }
 
   api_domain = var.apig_domain != "" ? var.apig_domain : format(

@@ -233,6 +233,31 @@ def test_every_reference_is_declared_and_every_variable_used(directory: Path) ->
     assert referenced <= resources, referenced - resources
 
 
+def test_notify_gets_no_ims_credentials_anywhere() -> None:
+    # notify renders and posts results; it never calls IMS, so no platform hands it the AK/SK.
+    ims_credentials = {"HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK"}
+    names = tf_locals(INFRA / "huaweicloud")["secret_names"]
+    assert set(names) == served_targets()
+    assert ims_credentials <= set(names["create"]) & set(names["check"])
+    assert not ims_credentials & set(names["notify"])
+    gcp = tf_locals(INFRA / "gcp")
+    secret_setting = gcp["secrets"]  # merge({...}, ...): the literal names are in the expression
+    settings = dict(re.findall(r'"([\w-]+)"\s*[=:]\s*"([A-Z_]+)"', str(secret_setting)))
+    for target, service in gcp["services"].items():
+        words = re.findall(r"[\w-]+", str(service["secrets"]))
+        used = {settings[word] for word in words if word in settings}
+        assert used, target
+        assert bool(ims_credentials & used) == (target != "notify"), (target, used)
+    for doc in all_manifests():
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        for container in spec["containers"]:
+            env = container_env(container)
+            if env.get("FUNCTION_TARGET", {}).get("value") == "notify":
+                assert not ims_credentials & set(env), doc["metadata"]["name"]
+
+
 def test_example_variables_are_declared() -> None:
     # The examples are copied to terraform.tfvars; an unknown name there is an error of plan.
     for directory in TF_DIRS:
