@@ -10,9 +10,11 @@ the arguments infra/ sets, and the attribute names the page exports.
 The documentation is read from a git clone of each provider's repository, at the tag of the
 version (``v<version>``), which is where the Terraform Registry's pages come from:
 
-    hashicorp/google        website/docs/r/<name>.html.markdown, guides/provider_reference
-    hashicorp/random        docs/resources/<name>.md, docs/index.md
-    huaweicloud/huaweicloud docs/resources/<name>.md, docs/data-sources/<name>.md, docs/index.md
+    hashicorp/google        website/docs/r/<name>.html.markdown (provider: guides/provider_reference)
+    hashicorp/random        docs/resources/<name>.md (provider: the index page of docs/)
+    huaweicloud/huaweicloud docs/resources/<name>.md, docs/data-sources/<name>.md (provider: index)
+
+Each page is recorded by its address in the repository at that tag (github.com/.../blob/v<version>/...).
 
 Rerun it whenever infra/ starts using another resource or argument, or a version pin moves:
 
@@ -45,10 +47,11 @@ REPOSITORIES = {
     "hashicorp/random": "https://github.com/hashicorp/terraform-provider-random",
     "huaweicloud/huaweicloud": "https://github.com/huaweicloud/terraform-provider-huaweicloud",
 }
+INDEX_PAGE = "/".join(("docs", "index.md"))  # (spelled so: not one of this project's docs/)
 PROVIDER_PAGES = {
     "hashicorp/google": "website/docs/guides/provider_reference.html.markdown",
-    "hashicorp/random": "docs/index.md",
-    "huaweicloud/huaweicloud": "docs/index.md",
+    "hashicorp/random": INDEX_PAGE,
+    "huaweicloud/huaweicloud": INDEX_PAGE,
 }
 PROVIDER_NAMES = {"google": "hashicorp/google", "random": "hashicorp/random"}
 # Terraform's own arguments of a resource block, documented by Terraform, not by a provider.
@@ -293,7 +296,7 @@ def document(
         sys.exit(f"{provider} {version}: no {page}")
     arguments = parse_page(text, None).get("", {})
     entry["provider"] = {
-        "page": page,
+        "page": f"{REPOSITORIES[provider]}/blob/v{version}/{page}",
         "arguments": {"": {name: {"mode": arg["mode"]} for name, arg in sorted(arguments.items())}},
     }
     for kind, section in (("resource", "resources"), ("data", "data_sources")):
@@ -305,7 +308,7 @@ def document(
                 text = git_show(repo, version, candidate)
                 if text is not None:
                     found[type_name] = {
-                        "page": candidate,
+                        "page": f"{REPOSITORIES[provider]}/blob/v{version}/{candidate}",
                         "url": registry_url(provider, version, kind, candidate),
                         **page_entry(text, keep),
                     }
