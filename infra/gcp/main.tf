@@ -1,5 +1,9 @@
 # wholeimage on Google Cloud: three Cloud Run services from one image (infra/Dockerfile), check
 # called by Cloud Scheduler with an OIDC token, secrets from Secret Manager, optional Cloud SQL.
+#
+# Every argument below is one the pinned provider documents (versions.tf); the page of each
+# resource is named above it. tests/system/test_infra.py checks them against those pages, frozen
+# in tests/data/infra/provider-docs.json (no provider can be downloaded where the tests run).
 
 locals {
   apis = concat(
@@ -66,6 +70,7 @@ locals {
   cloud_sql_connection = var.enable_cloud_sql ? google_sql_database_instance.state[0].connection_name : null
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/google_project_service
 resource "google_project_service" "apis" {
   for_each = var.enable_apis ? toset(local.apis) : toset([])
 
@@ -74,6 +79,7 @@ resource "google_project_service" "apis" {
 }
 
 # One service account per function, and one for the scheduler: each holds only what it needs.
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/google_service_account
 resource "google_service_account" "function" {
   for_each = local.services
 
@@ -81,11 +87,13 @@ resource "google_service_account" "function" {
   display_name = "wholeimage ${each.key} (Cloud Run runtime)"
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/google_service_account
 resource "google_service_account" "scheduler" {
   account_id   = "${var.name_prefix}-scheduler"
   display_name = "wholeimage Cloud Scheduler caller of check"
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/secret_manager_secret
 resource "google_secret_manager_secret" "setting" {
   for_each = local.secrets
 
@@ -99,6 +107,7 @@ resource "google_secret_manager_secret" "setting" {
   depends_on = [google_project_service.apis]
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/secret_manager_secret_iam
 resource "google_secret_manager_secret_iam_member" "access" {
   for_each = local.secret_access
 
@@ -109,16 +118,19 @@ resource "google_secret_manager_secret_iam_member" "access" {
 
 # The API token: generated, kept in Secret Manager, sent by the scheduler in X-Api-Token (its
 # Authorization header carries the OIDC token Cloud Run checks).
+# https://registry.terraform.io/providers/hashicorp/random/3.9.0/docs/resources/password
 resource "random_password" "api_token" {
   length  = 48
   special = false
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/secret_manager_secret_version
 resource "google_secret_manager_secret_version" "api_token" {
   secret      = google_secret_manager_secret.setting["api-token"].id
   secret_data = random_password.api_token.result
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/cloud_run_v2_service
 resource "google_cloud_run_v2_service" "function" {
   for_each = local.services
 
@@ -206,6 +218,7 @@ resource "google_cloud_run_v2_service" "function" {
   ]
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/cloud_run_v2_service_iam
 resource "google_cloud_run_v2_service_iam_member" "invoker" {
   for_each = local.invoker_bindings
 
@@ -217,6 +230,7 @@ resource "google_cloud_run_v2_service_iam_member" "invoker" {
 
 # check every minute: POST with an OIDC token for Cloud Run and the API token in X-Api-Token.
 # No retries: the next tick comes anyway, and an overlapping retry only finds leased jobs.
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/cloud_scheduler_job
 resource "google_cloud_scheduler_job" "check" {
   name             = "${var.name_prefix}-check"
   description      = "wholeimage check: one tick over the due IMS jobs"
@@ -249,6 +263,7 @@ resource "google_cloud_scheduler_job" "check" {
 
 # Optional state store: Cloud SQL for PostgreSQL, reached over the Cloud SQL connector's unix
 # socket (/cloudsql/<connection name>), never over an open network.
+# https://registry.terraform.io/providers/hashicorp/random/3.9.0/docs/resources/password
 resource "random_password" "database" {
   count = var.enable_cloud_sql ? 1 : 0
 
@@ -256,6 +271,7 @@ resource "random_password" "database" {
   special = false # goes into a URL unescaped
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/sql_database_instance
 resource "google_sql_database_instance" "state" {
   count = var.enable_cloud_sql ? 1 : 0
 
@@ -267,6 +283,11 @@ resource "google_sql_database_instance" "state" {
   deletion_protection = var.deletion_protection
 
   settings {
+    # PostgreSQL 16 and later default to ENTERPRISE_PLUS when edition is unset, and that edition
+    # takes only db-perf-optimized-N-* tiers: a shared-core or db-custom-* tier then fails at
+    # create time ("Invalid Tier ... for (ENTERPRISE_PLUS) Edition"; sql_database_instance docs,
+    # settings.edition). So the edition is always given, and checked against the tier below.
+    edition           = var.cloud_sql_edition
     tier              = var.cloud_sql_tier
     availability_type = var.cloud_sql_availability
     disk_autoresize   = true
@@ -328,9 +349,17 @@ resource "google_sql_database_instance" "state" {
     }
   }
 
+  lifecycle {
+    precondition {
+      condition     = var.cloud_sql_edition == "ENTERPRISE" || !can(regex("^db-(custom-|f1-micro$|g1-small$)", var.cloud_sql_tier))
+      error_message = "ENTERPRISE_PLUS takes only db-perf-optimized-N-* tiers: use cloud_sql_edition = \"ENTERPRISE\" with a db-custom-* or shared-core tier."
+    }
+  }
+
   depends_on = [google_project_service.apis]
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/sql_database
 resource "google_sql_database" "wholeimage" {
   count = var.enable_cloud_sql ? 1 : 0
 
@@ -338,6 +367,7 @@ resource "google_sql_database" "wholeimage" {
   instance = google_sql_database_instance.state[0].name
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/sql_user
 resource "google_sql_user" "wholeimage" {
   count = var.enable_cloud_sql ? 1 : 0
 
@@ -346,6 +376,7 @@ resource "google_sql_user" "wholeimage" {
   password = random_password.database[0].result
 }
 
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/secret_manager_secret_version
 resource "google_secret_manager_secret_version" "state_url" {
   count = var.enable_cloud_sql ? 1 : 0
 
@@ -362,6 +393,7 @@ resource "google_secret_manager_secret_version" "state_url" {
 
 # The functions connect to Cloud SQL: client role on the project (Cloud SQL has no per-instance
 # IAM binding).
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/google_project_iam
 resource "google_project_iam_member" "cloud_sql_client" {
   for_each = toset([for name in keys(local.services) : name if var.enable_cloud_sql])
 

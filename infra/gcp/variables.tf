@@ -124,13 +124,29 @@ variable "enable_cloud_sql" {
 }
 
 variable "cloud_sql_version" {
-  description = "Cloud SQL database version."
+  description = "Cloud SQL database version: a PostgreSQL one, POSTGRES_<major> (documented: POSTGRES_9_6 to POSTGRES_18)."
   type        = string
   default     = "POSTGRES_18"
+
+  validation {
+    condition     = can(regex("^POSTGRES_[0-9]+(_[0-9]+)?$", var.cloud_sql_version))
+    error_message = "The state store is PostgreSQL: the version is POSTGRES_<major>, e.g. POSTGRES_18."
+  }
+}
+
+variable "cloud_sql_edition" {
+  description = "Cloud SQL edition, ENTERPRISE or ENTERPRISE_PLUS. Always set: PostgreSQL 16+ would default to ENTERPRISE_PLUS, which refuses db-custom-* and shared-core tiers."
+  type        = string
+  default     = "ENTERPRISE"
+
+  validation {
+    condition     = contains(["ENTERPRISE", "ENTERPRISE_PLUS"], var.cloud_sql_edition)
+    error_message = "The edition is ENTERPRISE or ENTERPRISE_PLUS."
+  }
 }
 
 variable "cloud_sql_tier" {
-  description = "Cloud SQL machine tier."
+  description = "Cloud SQL machine tier: db-custom-<vCPUs>-<MB> or shared-core with ENTERPRISE, db-perf-optimized-N-<vCPUs> with ENTERPRISE_PLUS."
   type        = string
   default     = "db-custom-1-3840"
 }
@@ -139,4 +155,9 @@ variable "cloud_sql_availability" {
   description = "Cloud SQL availability type: ZONAL or REGIONAL (high availability)."
   type        = string
   default     = "ZONAL"
+
+  validation {
+    condition     = contains(["ZONAL", "REGIONAL"], var.cloud_sql_availability)
+    error_message = "The availability type is ZONAL or REGIONAL."
+  }
 }

