@@ -50,7 +50,9 @@ class FakeImsClient:
             raise step
         return step
 
-    def find_whole_images(self, *, tag_key: str, tag_value: str) -> list[ImageSummary]:
+    def find_whole_images(
+        self, *, tag_key: str, tag_value: str, enterprise_project_id: str | None = None
+    ) -> list[ImageSummary]:
         assert tag_key == MARKER_TAG_KEY
         with self._lock:
             self.lookups.append(tag_value)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from wholeimage.ims.poller import PollResult
 from wholeimage.models import ENDED, Job, JobStatus
 from wholeimage.poll_backoff import PollBackoff
-from wholeimage.reconcile import Lookup, ReconcileConfig, decide_reconcile
+from wholeimage.reconcile import Lookup, ReconcileConfig, decide_reconcile, hand_back
 from wholeimage.store.records import JobStore, Outbox, PollUpdate
 
 if TYPE_CHECKING:
@@ -323,9 +323,11 @@ class _Tick:
             stale_before=moment - config.after,
             limit=config.batch,
         )
+        # At most half the budget: due jobs must still be polled when IMS's list is slow.
+        reconcile_until = self.stop_claiming_at - self.config.time_budget / 2
         for job in claimed:
-            if self.monotonic() >= self.stop_claiming_at:
-                self.updates.append(PollUpdate.release(job, at=self.now()))
+            if self.monotonic() >= reconcile_until:
+                self.updates.append(hand_back(job, now=self.now()))
                 continue
             try:
                 found = await asyncio.to_thread(lookup, job)

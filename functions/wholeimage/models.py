@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from wholeimage.statuses import BACKUP_BLOCKING, ENDED, OUTSTANDING, JobStatus
 
@@ -54,6 +54,13 @@ class CreateImageRequest(BaseModel):
     enterprise_project_id: str | None = None
     max_ram: int | None = None
     min_ram: int | None = None
+
+    @field_validator("instance_id", "vault_id", "backup_id", "enterprise_project_id")
+    @classmethod
+    def _lower_case_id(cls, value: str | None) -> str | None:
+        # The schema lets A-F through; one id in two cases must stay one source, or the
+        # one-backup-one-image rule (store.records, BACKUP_BLOCKING) could be sidestepped.
+        return value.lower() if value is not None else None
 
     @property
     def source_kind(self) -> Literal["ecs", "csbs", "cbr"]:

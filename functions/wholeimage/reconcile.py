@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -39,8 +39,7 @@ IMAGE_KILLED_CODE = "WHOLEIMAGE.IMAGE_KILLED"
 IMAGE_DELETED_CODE = "WHOLEIMAGE.IMAGE_DELETED"
 RECONCILE_TIMED_OUT_CODE = "WHOLEIMAGE.TIMED_OUT"
 
-# Which of several images with one marker speaks for the job (there should be one: IMS was
-# called once per request); the most advanced wins.
+# Which of several images speaks for the job, should a lookup find more than one.
 _PREFERENCE = {"active": 0, "saving": 1, "queued": 2, "killed": 3, "deleted": 4}
 
 
@@ -65,16 +64,43 @@ class Lookup:
 
 
 def lookup_by_marker(ims: ImsClient, job: Job) -> Lookup:
-    """Ask IMS for the full-ECS images carrying ``job``'s marker tag; never raises for IMS."""
+    """Ask IMS for the full-ECS images carrying ``job``'s marker tag; never raises for IMS.
+
+    IMS's tag filter is checked, not trusted: an image whose listed tags lack the marker is
+    not this job's, and more than one image for one marker (one request makes one call) means
+    the filter was not applied, so nothing is concluded from that answer.
+    """
     try:
-        images = ims.find_whole_images(tag_key=MARKER_TAG_KEY, tag_value=job.request_id)
+        images = ims.find_whole_images(
+            tag_key=MARKER_TAG_KEY,
+            tag_value=job.request_id,
+            enterprise_project_id=job.request.enterprise_project_id,
+        )
     except UpstreamUnavailableError as exc:
         return Lookup("failed", detail=exc.code, retry_after=float(exc.retry_after))
     except UpstreamAuthError as exc:
         return Lookup("failed", detail=exc.code, auth=True)
     except UpstreamError as exc:
         return Lookup("failed", detail=f"{exc.code}: {exc.message}")
-    return Lookup("found", images=tuple(images))
+    marked = tuple(image for image in images if _carries_marker(image, job.request_id))
+    if len(marked) > 1:
+        log.warning(
+            "IMS lists several images for one request's marker; its tag filter may be ignored",
+            extra={"request_id": job.request_id, "images": [i.image_id for i in marked]},
+        )
+        return Lookup("failed", detail=f"IMS lists {len(marked)} images for one marker")
+    return Lookup("found", images=marked)
+
+
+def _carries_marker(image: ImageSummary, request_id: str) -> bool:
+    """Whether the image's listed tags hold the marker (as ``k=v``, or old-style ``k.v``);
+    an image listed without its tags is taken on the filter's word."""
+    if image.tags is None:
+        return True
+    return any(
+        tag in (f"{MARKER_TAG_KEY}={request_id}", f"{MARKER_TAG_KEY}.{request_id}")
+        for tag in image.tags
+    )
 
 
 def decide_reconcile(
@@ -107,11 +133,8 @@ def decide_reconcile(
                 ),
             )
         return _still_uncertain(job, now=now, next_poll=next_poll, image_id=None)
-    if len(lookup.images) > 1:
-        log.warning(
-            "several images carry one request's marker",
-            extra={"request_id": job.request_id, "images": [i.image_id for i in lookup.images]},
-        )
+    # ``lookup_by_marker`` never finds more than one; should another lookup, the most
+    # advanced image decides.
     image = min(lookup.images, key=lambda found: _PREFERENCE.get(found.status, 9))
     return _after_image(job, image, now=now, next_poll=next_poll, job_deadline=job_deadline)
 
@@ -143,6 +166,14 @@ def _after_image(
             fail_reason=f"no verdict within {job_deadline}; IMS lists the image as {image.status}",
         )
     return _still_uncertain(job, now=now, next_poll=next_poll, image_id=image.image_id)
+
+
+def hand_back(job: Job, *, now: datetime) -> PollUpdate:
+    """A claimed job handed back unasked (the tick ran out of time): due again at once, its
+    reason and any image id kept."""
+    return replace(
+        _still_uncertain(job, now=now, next_poll=now, image_id=job.image_id), queried=False
+    )
 
 
 def _still_uncertain(

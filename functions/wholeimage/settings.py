@@ -203,6 +203,20 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _reconcile_window_outlasts_a_create_call(self) -> Settings:
+        # "No image" may only end a job once no create call that is still running could yet
+        # reach IMS: the window covers the wait before the first lookup plus the longest call
+        # (every attempt timing out, plus the retry waits; docs/reconcile.md §4).
+        longest_call = self.ims_timeout * self.ims_max_attempts + self.ims_retry_budget
+        if self.reconcile_window < self.reconcile_after + longest_call:
+            raise ValueError(
+                "WHOLEIMAGE_RECONCILE_WINDOW must be at least WHOLEIMAGE_RECONCILE_AFTER plus "
+                f"the longest IMS call ({longest_call:g} s: WHOLEIMAGE_IMS_TIMEOUT x "
+                "WHOLEIMAGE_IMS_MAX_ATTEMPTS + WHOLEIMAGE_IMS_RETRY_BUDGET)"
+            )
+        return self
+
     def require_project_id(self) -> str:
         """The project id, or a ``ConfigurationError`` naming both variables."""
         if not self.project_id:

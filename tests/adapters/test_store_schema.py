@@ -27,7 +27,13 @@ import pytest
 from wholeimage.bootstrap import open_store
 from wholeimage.models import CreateImageRequest, Job, JobStatus
 from wholeimage.store import schema
-from wholeimage.store.records import JOB_COLUMNS, NOTIFICATION_COLUMNS, Notification, PollUpdate
+from wholeimage.store.records import (
+    JOB_COLUMNS,
+    NOTIFICATION_COLUMNS,
+    Notification,
+    PollUpdate,
+    job_to_row,
+)
 
 FROZEN = Path(__file__).parents[1] / "data" / "store"
 FROZEN_VERSION = 3
@@ -148,6 +154,20 @@ def version_3_url(store_kind: str, tmp_path: Path, request: pytest.FixtureReques
         connection.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
+def insert_behind_the_stores_back(url: str, job: Job) -> None:
+    """Record ``job`` as the code of schema version 3 would have, without migrating."""
+    row = job_to_row(job)
+    columns = ", ".join(row)
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(sqlite_path(url))) as connection, connection:
+            marks = ", ".join("?" for _ in row)
+            connection.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
+        return
+    with psycopg.connect(url) as postgres:
+        marks = ", ".join("%s" for _ in row)
+        postgres.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
+
+
 def new_job(status: JobStatus, *, next_poll_at: datetime | None = None) -> Job:
     request = CreateImageRequest.model_validate(
         {"name": "from-cbr", "backup_id": str(uuid.uuid4()), "whole_image_type": "CBR"}
@@ -181,7 +201,12 @@ def test_the_row_mappings_cover_every_column_but_the_leases():
 
 
 def test_the_migrations_create_each_table_and_index_once():
-    names = [item.name for migration in schema.MIGRATIONS for item in migration]
+    names = [
+        item.name
+        for migration in schema.MIGRATIONS
+        for item in migration
+        if not isinstance(item, schema.Statement)
+    ]
 
     assert len(names) == len(set(names))
     assert {schema.JOBS.name, schema.NOTIFICATIONS.name} <= set(names)
@@ -265,3 +290,40 @@ def test_a_version_3_database_gains_only_the_new_indexes_and_keeps_working(state
 
     assert index_names(catalog(state_url)) - before == ADDED_AFTER_3
     assert schema_version(state_url) == len(schema.MIGRATIONS)
+
+
+@pytest.mark.usefixtures("store_kind")
+def test_jobs_left_unresolved_before_the_marker_existed_are_never_reconciled(state_url):
+    # They were sent without a marker tag: "IMS lists no image" would prove nothing about them,
+    # so reconciliation must not end them UNCONFIRMED and free their backups.
+    make_version_3_database(state_url)
+    old = new_job(JobStatus.SUBMITTING)
+    insert_behind_the_stores_back(state_url, old)
+    opened = open_store(state_url)  # migrates the version 3 database: `old` is flagged
+    try:
+        flagged = opened.get(old.request_id)
+        assert flagged is not None
+        assert flagged.error_code == schema.NO_MARKER_CODE
+        later = T0 + timedelta(days=1)
+        claimed = opened.claim_unresolved(
+            now=later,
+            owner="tick",
+            lease_until=later + timedelta(minutes=5),
+            stale_before=later,
+            limit=10,
+        )
+        assert claimed == []
+        new = new_job(JobStatus.SUBMITTING)
+        assert opened.reserve(new).created is True
+        assert [
+            job.request_id
+            for job in opened.claim_unresolved(
+                now=later,
+                owner="tick",
+                lease_until=later + timedelta(minutes=5),
+                stale_before=later,
+                limit=10,
+            )
+        ] == [new.request_id]
+    finally:
+        opened.close()

@@ -188,3 +188,29 @@ def test_the_tick_counts_what_is_still_unresolved_after_it(store):
     assert summary.unresolved == 1
     assert summary.as_json()["unresolved"] == 1
     assert store.get(waiting.request_id).status is JobStatus.SUBMIT_UNCERTAIN
+
+
+def test_reconciliation_spends_at_most_half_the_budget_and_hands_back_the_rest_due(store):
+    jobs = [uncertain(store, f"slow-{n}") for n in range(3)]
+    ims = FakeImsClient()
+    clock = {"now": 0.0}
+
+    def slow_lookup(job: Job) -> Lookup:
+        clock["now"] += 40.0  # a slow image list: 40 s a lookup against a 120 s budget
+        return lookup_by_marker(ims, job)
+
+    summary = run_check_sync(
+        store=store,
+        poller=POLLER,
+        config=CONFIG,
+        now=lambda: T0 + timedelta(minutes=10),
+        monotonic=lambda: clock["now"],
+        lookup=slow_lookup,
+    )
+
+    assert summary.reconciled == 2
+    assert len(ims.lookups) == 2
+    [handed_back] = [store.get(job.request_id) for job in jobs if job.request_id not in ims.lookups]
+    assert handed_back.status is JobStatus.SUBMIT_UNCERTAIN
+    assert handed_back.fail_reason == "IMS answered 502"
+    assert handed_back.next_poll_at == T0 + timedelta(minutes=10)  # due again at once

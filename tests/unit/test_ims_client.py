@@ -12,6 +12,7 @@ import math
 import random
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from wholeimage.ims.client import (
     upstream_code_and_message,
 )
 from wholeimage.ims.signer import authorization_header, parse_authorization
+from wholeimage.logs import redact
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -1164,6 +1166,19 @@ def test_find_whole_images_asks_by_tag_and_whole_image_and_reads_each_image() ->
         ("img-2", "saving"),
     ]
     assert found[0].created_at == "2026-11-27T09:00:00Z"
+    assert found[0].tags is None  # not listed: unknown, not empty
+
+
+def test_the_image_list_reads_the_tags_ims_lists_and_passes_the_enterprise_project() -> None:
+    ims = ScriptedIms([image_list(listed(tags=[f"wholeimage_request={MARKER}", "owner=ops", 7]))])
+    harness = make_client(ims)
+
+    [found] = harness.client.find_whole_images(
+        tag_key="wholeimage_request", tag_value=MARKER, enterprise_project_id="0"
+    )
+
+    assert found.tags == (f"wholeimage_request={MARKER}", "owner=ops")
+    assert ims.requests[0].url.params["enterprise_project_id"] == "0"
 
 
 def test_find_whole_images_is_signed_as_the_official_sdk_signs_it() -> None:
@@ -1221,14 +1236,19 @@ def test_an_image_list_we_cannot_trust_is_an_upstream_error_not_an_answer(
     ],
     ids=["503", "500", "429", "read-timeout"],
 )
-def test_the_image_list_is_a_read_and_is_retried_after_a_transient_failure(transient: Step) -> None:
+def test_the_image_list_is_asked_once_and_a_transient_failure_says_when_to_ask_again(
+    transient: Step,
+) -> None:
+    # The reconcile schedule asks again; retrying here would spend the tick's budget.
     ims = ScriptedIms([transient, image_list(listed())])
     harness = make_client(ims)
 
-    found = harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)
+    with pytest.raises(UpstreamUnavailableError) as raised:
+        harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)
 
-    assert [image.image_id for image in found] == [IMAGE_ID]
-    assert len(ims.requests) == 2
+    assert len(ims.requests) == 1
+    assert harness.sleeps == []
+    assert raised.value.retry_after >= 1
 
 
 def test_our_credentials_refused_on_the_image_list_is_an_auth_error() -> None:
@@ -1236,3 +1256,22 @@ def test_our_credentials_refused_on_the_image_list_is_an_auth_error() -> None:
 
     with pytest.raises(UpstreamAuthError):
         harness.client.find_whole_images(tag_key="wholeimage_request", tag_value=MARKER)
+
+
+def test_an_iam_token_once_fetched_is_redacted_from_what_is_logged_or_answered() -> None:
+    # A gateway quoting our request back quotes the token bare: it is a secret like the SK.
+    token = f"MIIT-{uuid.uuid4().hex}"
+    quoted = f"refused: the token {token} has expired"
+    assert token in redact(quoted)  # unknown before IAM issued it
+
+    def cloud(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v3/auth/tokens":
+            return httpx.Response(201, headers={"X-Subject-Token": token}, json={"token": {}})
+        return accepted()
+
+    auth = IamPasswordAuth(
+        iam_endpoint=IAM, user="image-bot", password=PASSWORD, domain="d", project_id=PROJECT_ID
+    )
+    make_client(cloud, auth=auth).client.create_whole_image(BODY)
+
+    assert token not in redact(quoted)

@@ -25,6 +25,7 @@ from wholeimage.reconcile import (
     Lookup,
     ReconcileConfig,
     decide_reconcile,
+    hand_back,
     lookup_by_marker,
 )
 
@@ -229,4 +230,69 @@ def test_the_marker_is_not_part_of_the_fingerprint_so_a_repeat_is_still_a_repeat
 
     assert (
         request.fingerprint() == fingerprint == CreateImageRequest.model_validate(ECS).fingerprint()
+    )
+
+
+def test_an_id_in_upper_case_is_the_same_source_as_in_lower_case():
+    # One backup in two spellings must stay one backup (one backup, one image).
+    backup = "2F1C6A7E-5B7D-4F63-9A41-0D8C3E6B7A15"
+    upper = CreateImageRequest.model_validate(
+        {"name": "x", "backup_id": backup, "whole_image_type": "CBR"}
+    )
+    lower = CreateImageRequest.model_validate(
+        {"name": "x", "backup_id": backup.lower(), "whole_image_type": "CBR"}
+    )
+
+    assert upper.source_id == lower.source_id == backup.lower()
+    assert upper.fingerprint() == lower.fingerprint()
+    assert upper.ims_body()["backup_id"] == backup.lower()
+
+
+def tagged(image_id: str, *tags: str) -> ImageSummary:
+    return ImageSummary(image_id=image_id, name="web01-full", status="active", tags=tags)
+
+
+def test_an_image_whose_listed_tags_lack_the_marker_is_not_the_jobs():
+    # IMS's tag filter ignored (another version, a proxy dropping the query): a foreign image
+    # must never end the job SUCCESS.
+    job = uncertain_job()
+    ims = FakeImsClient(images={job.request_id: [tagged("img-foreign", "owner=ops")]})
+
+    assert lookup_by_marker(ims, job) == Lookup("found")
+
+
+@pytest.mark.parametrize(
+    "marker_form", ["wholeimage_request={id}", "wholeimage_request.{id}"], ids=["new", "old"]
+)
+def test_an_image_listing_the_marker_in_either_tag_form_is_the_jobs(marker_form):
+    job = uncertain_job()
+    mine = tagged("img-mine", "owner=ops", marker_form.format(id=job.request_id))
+    ims = FakeImsClient(images={job.request_id: [mine, tagged("img-foreign")]})
+
+    assert lookup_by_marker(ims, job) == Lookup("found", images=(mine,))
+
+
+def test_several_images_for_one_marker_conclude_nothing():
+    job = uncertain_job()
+    ims = FakeImsClient(
+        images={job.request_id: [image("active", "img-a"), image("saving", "img-b")]}
+    )
+
+    found = lookup_by_marker(ims, job)
+
+    assert found.outcome == "failed"
+    assert "2 images" in (found.detail or "")
+
+
+def test_a_job_handed_back_unasked_is_due_at_once_with_its_reason_and_image_kept():
+    job = uncertain_job(image_id=IMAGE_ID)
+
+    update = hand_back(job, now=T0 + timedelta(minutes=11))
+
+    assert update.status is JobStatus.SUBMIT_UNCERTAIN
+    assert update.next_poll_at == T0 + timedelta(minutes=11)
+    assert (update.fail_reason, update.image_id, update.queried) == (
+        job.fail_reason,
+        IMAGE_ID,
+        False,
     )

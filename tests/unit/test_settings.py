@@ -609,3 +609,22 @@ def test_an_iam_login_without_an_iam_endpoint_is_a_configuration_error(
 
     assert "WHOLEIMAGE_IAM_ENDPOINT" in raised.value.message
     assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("window", "valid"),
+    [("739", False), ("740", True)],  # 600 s after, 30 s x 4 attempts + 20 s of waits
+)
+def test_the_reconcile_window_must_outlast_the_wait_and_the_longest_create_call(
+    monkeypatch: pytest.MonkeyPatch, window: str, valid: bool
+) -> None:
+    # Inside a shorter window a live create call could still reach IMS after "no image" had
+    # ended its job UNCONFIRMED and freed its backup.
+    set_env(monkeypatch, WHOLEIMAGE_RECONCILE_AFTER="600", WHOLEIMAGE_RECONCILE_WINDOW=window)
+
+    if valid:
+        assert load_settings().reconcile_window == float(window)
+        return
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert "WHOLEIMAGE_RECONCILE_WINDOW" in raised.value.message

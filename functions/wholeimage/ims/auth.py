@@ -25,6 +25,7 @@ import httpx
 from wholeimage.errors import UpstreamAuthError
 from wholeimage.ims import signer
 from wholeimage.ims.client import JSON_CONTENT_TYPE, upstream_code_and_message
+from wholeimage.logs import register_secrets
 
 # Refresh an IAM token this long before it expires (tokens live 24 h; docs/ims-api.md §4.1).
 TOKEN_REFRESH_MARGIN = timedelta(minutes=30)
@@ -179,6 +180,8 @@ class IamPasswordAuth(httpx.Auth):
                 upstream={"status": response.status_code, "code": code, "message": message},
             )
         token = response.headers["X-Subject-Token"]
+        # An error text that quotes our request back must not hand the token on (logs.redact).
+        register_secrets([token])
         try:
             expires_at = datetime.fromisoformat(
                 response.json()["token"]["expires_at"].replace("Z", "+00:00")

@@ -16,7 +16,8 @@ answer means decides whether it may be sent again (docs/ims-api.md §3.4, docs/r
   a 200 without a readable, plain job id.
 
 An answer that cannot be decoded (a broken gzip body) counts as lost after sending.
-Reads (the image list) are safe to repeat: 5xx and transport errors are retried too.
+The image list is asked once per lookup: a failure is a failed lookup, asked again on the
+reconcile schedule.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ImageSummary:
     name: str
     status: str
     created_at: str | None = None
+    tags: tuple[str, ...] | None = None  # as IMS lists them, when it does
 
 
 class ImsClient(Protocol):
@@ -74,8 +76,11 @@ class ImsClient(Protocol):
         """Submit a full-ECS image request; return IMS's job id."""
         ...
 
-    def find_whole_images(self, *, tag_key: str, tag_value: str) -> list[ImageSummary]:
-        """The full-ECS images of this project that carry the tag ``tag_key=tag_value``."""
+    def find_whole_images(
+        self, *, tag_key: str, tag_value: str, enterprise_project_id: str | None = None
+    ) -> list[ImageSummary]:
+        """The full-ECS images of this project (and enterprise project, when given) that carry
+        the tag ``tag_key=tag_value``."""
         ...
 
 
@@ -169,7 +174,9 @@ class HttpImsClient:
             )
         return job_id
 
-    def find_whole_images(self, *, tag_key: str, tag_value: str) -> list[ImageSummary]:
+    def find_whole_images(
+        self, *, tag_key: str, tag_value: str, enterprise_project_id: str | None = None
+    ) -> list[ImageSummary]:
         """See ``ImsClient.find_whole_images`` (``GET /v2/cloudimages``, docs/ims-api.md §2.5).
 
         Raises:
@@ -177,7 +184,19 @@ class HttpImsClient:
                 as for the create call); nothing is assumed about the images then.
         """
         params = {"tag": f"{tag_key}={tag_value}", "__whole_image": "true"}
-        response = self._with_retries(lambda: self._read(IMAGES_PATH, params))
+        if enterprise_project_id is not None:
+            params["enterprise_project_id"] = enterprise_project_id
+        # One attempt: the reconcile schedule asks again later, and a slow or failing list must
+        # not spend a tick's budget on retries while due jobs wait to be polled.
+        try:
+            response = self._read(IMAGES_PATH, params)
+        except _Retryable as retryable:
+            hint = retryable.delay_hint if retryable.delay_hint is not None else 0.0
+            raise UpstreamUnavailableError(
+                "IMS's image list is throttling or unavailable",
+                retry_after=max(1, math.ceil(hint)),
+                upstream=retryable.upstream,
+            ) from retryable
         return parse_image_list(response)
 
     def _post(self, path: str, content: bytes) -> httpx.Response:
@@ -317,13 +336,16 @@ def parse_image_list(response: httpx.Response) -> list[ImageSummary]:
             raise UpstreamError("IMS's image list holds an image id that is not a plain token")
         if not isinstance(status, str) or status not in IMAGE_STATUSES:
             raise UpstreamError("IMS's image list holds an image with an unknown status")
-        created = item.get("created_at")
+        created, tags = item.get("created_at"), item.get("tags")
         found.append(
             ImageSummary(
                 image_id=image_id,
                 name=name if isinstance(name, str) else "",
                 status=status,
                 created_at=created if isinstance(created, str) else None,
+                tags=tuple(t for t in tags if isinstance(t, str))
+                if isinstance(tags, list)
+                else None,
             )
         )
     return found

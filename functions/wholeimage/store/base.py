@@ -47,6 +47,7 @@ from wholeimage.store.records import (
     row_to_job,
     to_epoch,
 )
+from wholeimage.store.schema import NO_MARKER_CODE
 
 Handle = TypeVar("Handle")
 Row = dict[str, Any]
@@ -62,6 +63,7 @@ DUE_JOBS = (
 # What ``claim_unresolved`` may lease (``:now``, ``:stale_before``).
 UNRESOLVED_JOBS = (
     f"status IN ({UNRESOLVED_SQL}) "
+    f"AND (error_code IS NULL OR error_code <> '{NO_MARKER_CODE}') "
     "AND ((next_poll_at IS NULL AND updated_at <= :stale_before) OR next_poll_at <= :now) "
     "AND (lease_expires_at IS NULL OR lease_expires_at < :now)"
 )
@@ -270,7 +272,7 @@ class SqlJobStore(ABC, Generic[Handle]):
             rows = self._all(
                 handle,
                 f"SELECT request_id FROM jobs WHERE {UNRESOLVED_JOBS} "
-                "ORDER BY updated_at LIMIT :limit",
+                f"ORDER BY updated_at, {self.dialect.in_byte_order('request_id')} LIMIT :limit",
                 {**params, "limit": limit},
             )
             for row in rows:

@@ -11,7 +11,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from wholeimage.store.schema import Column, Index, Migration, Table, Type
+from wholeimage.store.schema import Column, Index, Migration, Statement, Table, Type
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -76,10 +76,14 @@ class Dialect:
 
     def migration(self, migration: Migration) -> list[str]:
         """The statements of one migration, in order."""
-        return [
-            self.create_table(item) if isinstance(item, Table) else self.create_index(item)
-            for item in migration
-        ]
+        return [self._statement(item) for item in migration]
+
+    def _statement(self, item: Table | Index | Statement) -> str:
+        if isinstance(item, Table):
+            return self.create_table(item)
+        if isinstance(item, Index):
+            return self.create_index(item)
+        return item.sql
 
 
 @functools.lru_cache(maxsize=256)

@@ -134,8 +134,20 @@ NOTIFICATIONS = Table(
     unique=(("result_key", "channel"),),
 )
 
-# What one migration creates, in order: tables and the indexes over them.
-Migration = tuple[Table | Index, ...]
+
+@dataclass(frozen=True)
+class Statement:
+    """A data change a migration makes, in SQL both engines read alike."""
+
+    sql: str
+
+
+# What one migration does, in order: tables, the indexes over them, data changes.
+Migration = tuple[Table | Index | Statement, ...]
+
+# The error code of jobs left unresolved by a version that sent no marker tag: IMS cannot be
+# asked about them, so reconciliation leaves them to an operator (docs/reconcile.md §6).
+NO_MARKER_CODE = "WHOLEIMAGE.NO_MARKER"
 
 MIGRATIONS: tuple[Migration, ...] = (
     (
@@ -160,6 +172,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # `list` reads the newest jobs first.
     (Index("jobs_created", "jobs", ("created_at",)),),
-    # `check` reconciles the few jobs whose submission outcome is unknown.
-    (Index("jobs_unresolved", "jobs", ("updated_at",), where=f"status IN ({UNRESOLVED_SQL})"),),
+    # `check` reconciles the few jobs whose submission outcome is unknown; those already
+    # unresolved were submitted without a marker, so no lookup could prove anything about them.
+    (
+        Index("jobs_unresolved", "jobs", ("updated_at",), where=f"status IN ({UNRESOLVED_SQL})"),
+        Statement(
+            f"UPDATE jobs SET error_code = '{NO_MARKER_CODE}' WHERE status IN ({UNRESOLVED_SQL})"
+        ),
+    ),
 )

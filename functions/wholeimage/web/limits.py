@@ -199,6 +199,9 @@ class BoundedBodies:
         fired = token is not None and _deadlines.release(token)
         if len(body) > self.max_bytes:
             raise PayloadTooLargeError(f"the body is over {self.max_bytes} bytes")
+        if declared is None and fired:
+            # A chunked body the deadline cut short ends like a complete one: never pass it on.
+            raise self._timed_out()
         if declared is not None and len(body) < declared:
             if fired:
                 raise self._timed_out()
