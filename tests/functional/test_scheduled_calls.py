@@ -4,7 +4,7 @@ in, and FunctionGraph's event-function contract holds (issue 10, items 2 and 3).
 Through functions-framework's own apps (``create_app(target, "functions/main.py")``) over a
 SQLite store, with IMS's job queries, the webhook receiver and Google's key set each behind an
 ``httpx.MockTransport``: the shapes and their sources are in docs/platforms.md §3 and §4, the
-token rules in §2.
+token rules in docs/platforms.md §2.
 """
 
 from __future__ import annotations
