@@ -25,6 +25,7 @@ from wholeimage.store.sqlite import SqliteJobStore
 if TYPE_CHECKING:
     import httpx
 
+    from wholeimage.callers import IdTokenVerifier
     from wholeimage.ims.client import ImsClient
     from wholeimage.ims.connection import ImsConnection
     from wholeimage.ims.poller import JobPoller
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wholeimage")
 
 API_TOKEN_VARIABLE = "WHOLEIMAGE_API_TOKEN"  # noqa: S105 (a variable name, not a token)
+OIDC_AUDIENCE_VARIABLE = "WHOLEIMAGE_OIDC_AUDIENCE"
 
 Port = TypeVar("Port")
 
@@ -49,6 +51,8 @@ class Dependencies:
     poller: JobPoller | None = field(default=None, repr=False)
     channels: list[Channel] | None = field(default=None, repr=False)
     webhooks: httpx.Client | None = field(default=None, repr=False)
+    # Checks callers' Google-signed ID tokens (WHOLEIMAGE_OIDC_*); tests hand in one over local keys.
+    id_tokens: IdTokenVerifier | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def once(self, port: str, build: Callable[[], Port]) -> Port:
@@ -105,12 +109,13 @@ def set_dependencies(dependencies: Dependencies | None) -> None:
 
 
 def warn_if_open_at_start() -> None:
-    """Log a loud warning when no caller token is configured: every caller is then trusted."""
-    # Only this variable is read at start, directly and cheaply, so the warning appears when the
-    # process starts rather than on its first request; everything else waits for first use.
-    if not os.environ.get(API_TOKEN_VARIABLE):
+    """Log a loud warning when no caller authentication is configured: every caller is then
+    trusted. Either the API token or the OIDC ID token settings authenticate callers."""
+    # Only these variables are read at start, directly and cheaply, so the warning appears when
+    # the process starts rather than on its first request; everything else waits for first use.
+    if not (os.environ.get(API_TOKEN_VARIABLE) or os.environ.get(OIDC_AUDIENCE_VARIABLE)):
         configure_logging()
         log.warning(
-            f"{API_TOKEN_VARIABLE} is not set: wholeimage accepts calls from anyone who can reach it. "
-            "Set it in any deployment reachable from a network."
+            f"{API_TOKEN_VARIABLE} is not set (nor {OIDC_AUDIENCE_VARIABLE}): wholeimage accepts "
+            "calls from anyone who can reach it. Set it in any deployment reachable from a network."
         )

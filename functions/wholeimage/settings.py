@@ -109,6 +109,11 @@ def _webhook_filter(value: str) -> frozenset[str]:
 ENV_PREFIX = "WHOLEIMAGE_"
 
 
+def _comma_set(value: str | None) -> frozenset[str]:
+    """The non-empty items of a comma list, stripped."""
+    return frozenset(part.strip() for part in (value or "").split(",") if part.strip())
+
+
 class Settings(BaseModel):
     """wholeimage's settings; the README has the table of variables.
 
@@ -170,6 +175,11 @@ class Settings(BaseModel):
     # State and callers.
     state_url: str = DEFAULT_STATE_URL
     api_token: SecretStr | None = None
+    # Callers that cannot send the API token (Cloud Scheduler's and Pub/Sub push's OIDC token):
+    # a Google-signed ID token for one of these audiences, from one of these service accounts,
+    # both comma lists, both needed (docs/platforms.md §2).
+    oidc_audience: str | None = None
+    oidc_service_accounts: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Set by Google Cloud runtimes; makes log lines' trace ids clickable in Cloud Logging.
     google_cloud_project: str | None = Field(default=None, validation_alias="GOOGLE_CLOUD_PROJECT")
@@ -216,6 +226,37 @@ class Settings(BaseModel):
                 "WHOLEIMAGE_IMS_MAX_ATTEMPTS + WHOLEIMAGE_IMS_RETRY_BUDGET)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _oidc_pair(self) -> Settings:
+        # An audience alone would admit any Google account that asks Google for a token with it;
+        # service accounts alone, a token of theirs minted for another service.
+        if bool(self.oidc_audiences()) != bool(self.oidc_allowed_accounts()):
+            raise ValueError(
+                "WHOLEIMAGE_OIDC_AUDIENCE and WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS go together: set both "
+                "(the audience the tokens are made for, and the service accounts allowed to call)"
+            )
+        for account in self.oidc_allowed_accounts():
+            name, at, domain = account.partition("@")
+            if not (name and at and domain) or not account.isprintable() or " " in account:
+                raise ValueError(
+                    "WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS must be a comma list of service account "
+                    "e-mail addresses"
+                )
+        return self
+
+    def oidc_audiences(self) -> frozenset[str]:
+        """The audiences an OIDC ID token may be made for (``WHOLEIMAGE_OIDC_AUDIENCE``)."""
+        return _comma_set(self.oidc_audience)
+
+    def oidc_allowed_accounts(self) -> frozenset[str]:
+        """The service accounts (lower case) whose OIDC ID tokens are accepted."""
+        return frozenset(account.lower() for account in _comma_set(self.oidc_service_accounts))
+
+    @property
+    def oidc_configured(self) -> bool:
+        """Whether callers may authenticate with a Google-signed OIDC ID token."""
+        return bool(self.oidc_audiences())
 
     def require_project_id(self) -> str:
         """The project id, or a ``ConfigurationError`` naming both variables."""

@@ -106,6 +106,9 @@ NOT_LOADED = {
         "h11",
     ],
 }
+# PyJWT and cryptography (about 100 ms) wait for the first ID token to check (wholeimage.callers).
+for _modules in NOT_LOADED.values():
+    _modules += ["jwt", "cryptography"]
 
 
 def loaded_by(target: str) -> list[str]:

@@ -7,9 +7,9 @@ platform's error reporting sees it.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -17,11 +17,11 @@ from cloudevents.http import from_http
 from flask import Request, Response
 
 from wholeimage.bootstrap import Dependencies
+from wholeimage.callers import Caller, IdTokenVerifier, authenticate_caller, google_id_tokens
 from wholeimage.errors import (
     MethodNotAllowedError,
     PayloadTooLargeError,
     RequestInvalidError,
-    UnauthorizedError,
     UnsupportedMediaTypeError,
     WholeImageError,
 )
@@ -56,27 +56,6 @@ def error_response(error: WholeImageError) -> Response:
     level = logging.ERROR if error.http_status >= 500 else logging.INFO
     log.log(level, error.message, extra={"error_code": error.code, "status": error.http_status})
     return json_response(error.http_status, error.body(), error.headers())
-
-
-def authenticate(request: Request, api_token: str | None) -> None:
-    """Require ``Authorization: Bearer <token>`` when a token is configured.
-
-    ``X-Api-Token: <token>`` is accepted too.
-
-    Raises:
-        UnauthorizedError: the header is missing or holds another token.
-    """
-    if not api_token:
-        return
-    # X-Api-Token serves callers whose Authorization header already carries the platform's
-    # own OIDC token (Cloud Scheduler, Pub/Sub push to a private Cloud Run service).
-    presented = request.headers.get("X-Api-Token")
-    if presented is None:
-        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-        presented = bearer if scheme.lower() == "bearer" else ""
-    # compare_digest on bytes: constant time whatever the presented value holds.
-    if not hmac.compare_digest(presented.strip().encode("utf-8"), api_token.encode("utf-8")):
-        raise UnauthorizedError("a valid bearer token is required")
 
 
 def read_body(request: Request) -> bytes:
@@ -227,14 +206,49 @@ def status_url(request: Request, *, ims_job_id: str | None, request_id: str) -> 
     return f"{base}?request_id={quote(request_id, safe='')}"
 
 
-def authenticated(request: Request, deps: Dependencies, allowed: tuple[str, ...]) -> None:
-    """Check the caller's token, then the method.
+def authenticate(request: Request, deps: Dependencies) -> Caller:
+    """Who the caller is: the API token (``Authorization: Bearer`` or ``X-Api-Token``), or a
+    Google-signed OIDC ID token in ``Authorization: Bearer`` when ``WHOLEIMAGE_OIDC_*`` is set
+    (``wholeimage.callers``; docs/platforms.md §2).
+
+    ``X-Api-Token`` serves callers whose ``Authorization`` carries another credential (Cloud
+    Run's IAM check takes one there). A Pub/Sub push can send neither header of ours: only its
+    OIDC token, which the OIDC settings accept.
+
+    Raises:
+        UnauthorizedError: no acceptable credential was presented.
+        UpstreamUnavailableError: an ID token could not be checked for want of Google's keys.
+    """
+    settings = deps.settings
+    api_token = settings.api_token.get_secret_value() if settings.api_token else None
+    id_tokens: Callable[[], IdTokenVerifier] | None = None
+    if settings.oidc_configured:
+
+        def id_tokens() -> IdTokenVerifier:
+            return deps.once(
+                "id_tokens",
+                lambda: google_id_tokens(
+                    settings.oidc_audiences(), settings.oidc_allowed_accounts()
+                ),
+            )
+
+    return authenticate_caller(
+        authorization=request.headers.get("Authorization"),
+        x_api_token=request.headers.get("X-Api-Token"),
+        api_token=api_token,
+        id_tokens=id_tokens,
+    )
+
+
+def authenticated(request: Request, deps: Dependencies, allowed: tuple[str, ...]) -> Caller:
+    """Check the caller's credentials, then the method; who the caller is.
 
     Raises:
         UnauthorizedError: the token is missing or wrong.
+        UpstreamUnavailableError: an ID token could not be checked for want of Google's keys.
         MethodNotAllowedError: the method is not one of ``allowed``.
     """
-    api_token = deps.settings.api_token
-    authenticate(request, api_token.get_secret_value() if api_token else None)
+    caller = authenticate(request, deps)
     if request.method not in allowed:
         raise MethodNotAllowedError(request.method, allowed)
+    return caller

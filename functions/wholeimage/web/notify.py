@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from flask import Request, Response
 
 from wholeimage.bootstrap import Dependencies, get_dependencies
-from wholeimage.errors import WholeImageError
+from wholeimage.errors import RequestInvalidError, WholeImageError
 from wholeimage.service.delivery import (
     Redrive,
     dead_letter_limit,
@@ -16,32 +17,40 @@ from wholeimage.service.delivery import (
     deliver,
     outbox_counts,
 )
-from wholeimage.web.http import (
-    authenticated,
-    error_response,
-    json_response,
-    read_body,
-    read_envelope,
-)
+from wholeimage.validation import JOB_RESULT_SCHEMA, validate
+from wholeimage.web import functiongraph
+from wholeimage.web.http import authenticated, error_response, json_response, read_body
+from wholeimage.web.triggers import Trigger, read_trigger
 
-JOB_RESULT_EVENT_TYPE = "wholeimage.job.result"
+log = logging.getLogger("wholeimage.web")
 
 
-def _job_result_in(request: Request, data: bytes) -> Any | None:
-    """The job result a ``notify`` call carries, or None for a plain "deliver what is pending".
+def _is_job_result(payload: Any) -> bool:
+    try:
+        validate(JOB_RESULT_SCHEMA, payload)
+    except RequestInvalidError:
+        return False
+    return True
 
-    Empty bodies, Pub/Sub push envelopes and CloudEvents of other types are schedule ticks; a
-    plain JSON body, or a CloudEvent of type ``wholeimage.job.result``, must be a job result.
+
+def _job_result_in(trigger: Trigger) -> Any | None:
+    """The job result a ``notify`` call carries, or None for "deliver what is pending".
+
+    A body sent as a job result (plain JSON from a caller that is no scheduler, a CloudEvent of
+    type ``wholeimage.job.result``) must be one (``deliver`` refuses it otherwise, naming every
+    field); inside a scheduled shape (Cloud Scheduler's body, a Pub/Sub message's data) a
+    document is a job result only when it validates as one, and otherwise the call is a
+    scheduled delivery run (docs/platforms.md §3).
     """
-    if not data.strip():
-        return None
-    envelope = read_envelope(request, data)
-    payload = envelope.payload
-    if envelope.event_type is not None:
-        return payload if envelope.event_type == JOB_RESULT_EVENT_TYPE else None
-    if isinstance(payload, dict) and {"message", "subscription"} <= payload.keys():
-        return None  # a Pub/Sub push: a scheduled delivery run
-    return payload
+    if trigger.payload is None or trigger.sent_as_result:
+        return trigger.payload
+    if _is_job_result(trigger.payload):
+        return trigger.payload
+    log.info(
+        "a scheduled call's data is no job result: delivering what is pending",
+        extra={"trigger": trigger.kind, **trigger.detail},
+    )
+    return None
 
 
 def handle_notify(
@@ -50,10 +59,21 @@ def handle_notify(
     """The ``notify`` function.
 
     ``POST`` with a job result (JSON, or a CloudEvent of type ``wholeimage.job.result``) asks
-    for its delivery to every channel that wants it; an empty or scheduled call delivers what
-    is pending; ``?redrive=all`` or ``?redrive=ID,ID`` re-drives dead letters first. ``GET``
-    shows the outbox counts, ``GET ?dead_letters=1`` lists the dead letters.
+    for its delivery to every channel that wants it; an empty or scheduled call (Cloud
+    Scheduler, a Pub/Sub push, another CloudEvent, a FunctionGraph timer) delivers what is
+    pending; ``?redrive=all`` or ``?redrive=ID,ID`` re-drives dead letters first. ``GET``
+    shows the outbox counts, ``GET ?dead_letters=1`` lists the dead letters. As a FunctionGraph
+    event function, ``POST /init`` does nothing and ``POST /invoke`` answers in FunctionGraph's
+    structure (docs/platforms.md §4).
     """
+    if functiongraph.is_init(request):
+        return functiongraph.initialized()
+    if functiongraph.is_invoke(request):
+        return functiongraph.event_answer(_notify(request, dependencies, event=True))
+    return _notify(request, dependencies, event=False)
+
+
+def _notify(request: Request, dependencies: Callable[[], Dependencies], *, event: bool) -> Response:
     try:
         deps = dependencies()
         authenticated(request, deps, ("POST", "GET"))
@@ -63,7 +83,8 @@ def handle_notify(
                 listed = [letter.as_json() for letter in dead_letters(deps, limit=limit)]
                 return json_response(200, {"dead_letters": listed})
             return json_response(200, {"outbox": outbox_counts(deps)})
-        result = _job_result_in(request, read_body(request))
+        trigger = read_trigger(request, read_body(request), any_media_type=event)
+        result = _job_result_in(trigger)
         report = deliver(deps, result=result, redrive=Redrive.parse(request.args.get("redrive")))
     except WholeImageError as error:
         return error_response(error)
