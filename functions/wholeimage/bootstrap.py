@@ -25,6 +25,7 @@ from wholeimage.store.sqlite import SqliteJobStore
 if TYPE_CHECKING:
     import httpx
 
+    from wholeimage.httputil import Egress
     from wholeimage.ims.client import ImsClient
     from wholeimage.ims.connection import ImsConnection
     from wholeimage.ims.poller import JobPoller
@@ -49,6 +50,7 @@ class Dependencies:
     poller: JobPoller | None = field(default=None, repr=False)
     channels: list[Channel] | None = field(default=None, repr=False)
     webhooks: httpx.Client | None = field(default=None, repr=False)
+    egress: Egress | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def once(self, port: str, build: Callable[[], Port]) -> Port:

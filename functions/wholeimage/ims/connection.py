@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from wholeimage.errors import ConfigurationError
-from wholeimage.httputil import USER_AGENT, shared_ssl_context
+from wholeimage.httputil import USER_AGENT, Egress, shared_egress
 from wholeimage.ims.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
 from wholeimage.ims.client import HttpImsClient, ImsClient, RetryPolicy
 from wholeimage.ims.endpoints import resolve_endpoints
@@ -75,20 +75,17 @@ class ImsConnection:
             )
         return cls(base_url=endpoints.ims, project_id=project_id, auth=auth)
 
-    def _sync_http(self, settings: Settings) -> httpx.Client:
-
-        return httpx.Client(
+    def client(self, settings: Settings, egress: Egress | None = None) -> ImsClient:
+        """The synchronous client ``create`` uses, with bounded retries, leaving by ``egress``
+        (the process's, from the environment, unless given): its proxies and CA, for IAM's token
+        request as for IMS."""
+        http = (egress or shared_egress()).client(
             base_url=self.base_url,
             auth=self.auth,
             timeout=httpx.Timeout(settings.ims_timeout, connect=min(10.0, settings.ims_timeout)),
-            verify=shared_ssl_context(),
             headers={"User-Agent": USER_AGENT},
         )
-
-    def client(self, settings: Settings) -> ImsClient:
-        """The synchronous client ``create`` uses, with bounded retries."""
-
         retry = RetryPolicy(
             max_attempts=settings.ims_max_attempts, budget=settings.ims_retry_budget
         )
-        return HttpImsClient(self._sync_http(settings), retry=retry)
+        return HttpImsClient(http, retry=retry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from wholeimage.bootstrap import Dependencies
 from wholeimage.ims.client import ImsClient
 from wholeimage.ims.connection import ImsConnection
+from wholeimage.service.egress import egress
 
 
 def ims_connection(deps: Dependencies) -> ImsConnection:
@@ -19,4 +20,4 @@ def ims_connection(deps: Dependencies) -> ImsConnection:
 
 def ims_client(deps: Dependencies) -> ImsClient:
     """The synchronous IMS client ``create`` uses."""
-    return deps.once("ims", lambda: ims_connection(deps).client(deps.settings))
+    return deps.once("ims", lambda: ims_connection(deps).client(deps.settings, egress(deps)))
