@@ -52,18 +52,35 @@ class Dependencies:
     webhooks: httpx.Client | None = field(default=None, repr=False)
     egress: Egress | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Set on a request's view (``for_request``): the process's dependencies, which hold every
+    # port but the IMS ones.
+    _process: Dependencies | None = field(default=None, repr=False)
 
     def once(self, port: str, build: Callable[[], Port]) -> Port:
         """The port in field ``port``: built by ``build`` on first use, then kept for the process.
 
         Re-entrant, so one port's builder may ask for another (the client for the connection).
         """
+        if self._process is not None and port not in REQUEST_PORTS:
+            return self._process.once(port, build)
         with self._lock:
             value: Any = getattr(self, port)
             if value is None:
                 value = build()
                 setattr(self, port, value)
             return cast("Port", value)
+
+    def for_request(self, connection: ImsConnection) -> Dependencies:
+        """A view for one request whose IMS ports (``REQUEST_PORTS``) are built from
+        ``connection`` and die with the view; the store, the channels, the webhook client and
+        the egress stay the process's."""
+        return Dependencies(
+            settings=self.settings, store=self.store, connection=connection, _process=self
+        )
+
+
+# The ports a request's view builds for itself: they carry that request's credentials.
+REQUEST_PORTS = frozenset({"connection", "ims", "poller"})
 
 
 def open_store(state_url: str) -> JobStore:

@@ -1,7 +1,8 @@
 """Where IMS is and how we authenticate: what the create client and the check poller share.
 
 ``ImsConnection.from_settings`` resolves the endpoint and picks the credentials in the documented
-order (AK/SK, then a static token, then an IAM password); ``client`` builds the synchronous client
+order (AK/SK, then a static token, then an IAM password, then the temporary credentials the
+platform handed one request); ``client`` builds the synchronous client
 ``create`` uses. The poller ``check`` uses is built from the same connection by
 ``wholeimage.ims.poller.job_poller``.
 """
@@ -20,6 +21,7 @@ from wholeimage.ims.client import HttpImsClient, ImsClient, RetryPolicy
 from wholeimage.ims.endpoints import resolve_endpoints
 
 if TYPE_CHECKING:
+    from wholeimage.ims.platform import PlatformCredentials
     from wholeimage.settings import Settings
 
 
@@ -32,8 +34,12 @@ class ImsConnection:
     auth: httpx.Auth
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ImsConnection:
-        """Resolve the endpoint and pick the credentials, in the documented order."""
+    def from_settings(
+        cls, settings: Settings, platform: PlatformCredentials | None = None
+    ) -> ImsConnection:
+        """Resolve the endpoint and pick the credentials, in the documented order: AK/SK, a
+        token, an IAM password, and only when none is configured the ``platform``'s temporary
+        credentials of one request (docs/platform-credentials.md)."""
 
         endpoints = resolve_endpoints(
             cloud=settings.cloud,
@@ -44,7 +50,9 @@ class ImsConnection:
         project_id = settings.require_project_id()
         auth: httpx.Auth
         # An empty variable counts as not set (a SecretStr of "" is falsy), as for the API token.
-        if settings.access_key or settings.secret_key:
+        if platform is not None and not settings.has_static_credentials():
+            auth = platform.auth(project_id)
+        elif settings.access_key or settings.secret_key:
             if not settings.access_key or not settings.secret_key:
                 raise ConfigurationError("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK")
             auth = AkSkAuth(
@@ -71,7 +79,9 @@ class ImsConnection:
             raise ConfigurationError(
                 "no IMS credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
                 "(+ HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or WHOLEIMAGE_AUTH_TOKEN, "
-                "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN"
+                "or WHOLEIMAGE_IAM_USER, WHOLEIMAGE_IAM_PASSWORD and WHOLEIMAGE_IAM_DOMAIN; on "
+                "FunctionGraph, an agency and Include Keys (enable_auth_in_header) hand each "
+                "request temporary ones"
             )
         return cls(base_url=endpoints.ims, project_id=project_id, auth=auth)
 
