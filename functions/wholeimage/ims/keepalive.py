@@ -15,9 +15,9 @@ connected, ``httpx.RemoteProtocolError`` when the server closed the connection b
 Through an ``http://`` proxy (docs/egress.md §2) it speaks to the proxy as httpx does: to an
 ``https://`` IMS it asks the proxy for a tunnel with ``CONNECT host:port`` (RFC 9110 §9.3.6) and
 then runs TLS to IMS inside it, so the proxy never sees the signed requests; to a plain
-``http://`` IMS it sends each request to the proxy with the absolute URL as its target (RFC 9112
-§3.2.2). The proxy URL's ``user:password`` become ``Proxy-Authorization: Basic`` (RFC 9110
-§11.7.1). A refused tunnel is ``httpx.ProxyError``.
+``http://`` IMS it sends each request to the proxy with the absolute URL as its target
+(RFC 9112 §3.2.2). The proxy URL's ``user:password`` become ``Proxy-Authorization: Basic``
+(RFC 9110 §11.7.1). A refused tunnel is ``httpx.ProxyError``.
 """
 
 from __future__ import annotations
