@@ -14,6 +14,7 @@ import base64
 import contextlib
 import socket
 import socketserver
+import ssl
 import threading
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,8 +58,11 @@ class Forwarded:
 class ForwardProxy:
     """A threaded forward proxy on loopback (``with ForwardProxy() as proxy: proxy.url``)."""
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, credentials: tuple[str, str] | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.credentials = credentials
+        self.tls = tls  # a server context: the proxy is then an https:// one
         self.forwarded: list[Forwarded] = []
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -69,10 +73,11 @@ class ForwardProxy:
         """``http://[user:password@]127.0.0.1:port`` (the password percent-encoded)."""
         assert self._server is not None
         port = self._server.server_address[1]
+        scheme = "http" if self.tls is None else "https"
         if self.credentials is None:
-            return f"http://127.0.0.1:{port}"
+            return f"{scheme}://127.0.0.1:{port}"
         user, password = (quote(part, safe="") for part in self.credentials)
-        return f"http://{user}:{password}@127.0.0.1:{port}"
+        return f"{scheme}://{user}:{password}@127.0.0.1:{port}"
 
     def start(self) -> ForwardProxy:
         proxy = self
@@ -83,6 +88,10 @@ class ForwardProxy:
 
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

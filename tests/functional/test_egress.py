@@ -282,3 +282,28 @@ def test_a_proxy_that_refuses_the_tunnel_leaves_the_job_to_the_next_tick(tls_ims
     assert deps.store.get(job.request_id).status is JobStatus.SUBMITTED
     assert [(entry.method, entry.allowed) for entry in guarded.forwarded] == [("CONNECT", False)]
     assert tls_ims.calls.get("job", 0) == 0
+
+
+def test_through_an_https_proxy_every_client_trusts_the_ca_of_ssl_cert_file(
+    ca, ims, deps_for, webhook, tmp_path
+):
+    # The poller's workers fall back to httpx here (HttpxPollClient): it does TLS to the proxy.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    os.environ["SSL_CERT_FILE"] = str(bundle)
+    hook_url, delivered = webhook
+    with ForwardProxy(tls=context) as secure:
+        assert secure.url.startswith("https://")
+        os.environ["HTTP_PROXY"] = secure.url
+        deps = deps_for(ims, webhook_url=hook_url, webhook_format="slack")
+        job = submitted_a_minute_ago(deps)
+        answer = tick_through_the_function()
+
+    assert answer["ended"] == {"SUCCESS": 1}, answer
+    assert deps.store.get(job.request_id).status is JobStatus.SUCCESS
+    assert delivered == ["/hook"]
+    methods = {(entry.method, entry.target.split("?")[0]) for entry in secure.forwarded}
+    assert ("GET", f"{ims.url}/v1/{ims.config.project_id}/jobs/{job.ims_job_id}") in methods
+    assert ("POST", hook_url) in methods
