@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from wholeimage.httputil import Egress
     from wholeimage.ims.client import ImsClient
     from wholeimage.ims.connection import ImsConnection
+    from wholeimage.ims.platform import PlatformCredentials
     from wholeimage.ims.poller import JobPoller
     from wholeimage.results import Channel
 
@@ -52,8 +53,9 @@ class Dependencies:
     webhooks: httpx.Client | None = field(default=None, repr=False)
     egress: Egress | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    # Set on a request's view (``for_request``): the process's dependencies, which hold every
-    # port but the IMS ones.
+    # Set on a request's view only (``for_request``): the temporary credentials the platform
+    # handed that request, and the process's dependencies, which hold every port but IMS's.
+    platform_credentials: PlatformCredentials | None = field(default=None, repr=False)
     _process: Dependencies | None = field(default=None, repr=False)
 
     def once(self, port: str, build: Callable[[], Port]) -> Port:
@@ -70,12 +72,15 @@ class Dependencies:
                 setattr(self, port, value)
             return cast("Port", value)
 
-    def for_request(self, connection: ImsConnection) -> Dependencies:
-        """A view for one request whose IMS ports (``REQUEST_PORTS``) are built from
-        ``connection`` and die with the view; the store, the channels, the webhook client and
-        the egress stay the process's."""
+    def for_request(self, credentials: PlatformCredentials) -> Dependencies:
+        """A view for one request whose IMS ports (``REQUEST_PORTS``) are built, on first use,
+        with ``credentials`` and die with the view; the store, the channels, the webhook client
+        and the egress stay the process's."""
         return Dependencies(
-            settings=self.settings, store=self.store, connection=connection, _process=self
+            settings=self.settings,
+            store=self.store,
+            platform_credentials=credentials,
+            _process=self,
         )
 
 

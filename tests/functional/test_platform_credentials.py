@@ -121,6 +121,20 @@ def test_create_signs_with_the_platforms_temporary_credentials_and_keeps_none(im
     assert ims.calls["create"] == 1
 
 
+def test_a_read_carrying_the_headers_builds_no_ims_port(ims, deps_for):
+    deps = deps_for(ims)
+    created = create(platform_headers(ims.config)).get_json()
+
+    response = function("create").get(
+        f"/?job_id={created['job_id']}", headers=platform_headers(ims.config)
+    )
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["request_id"] == created["request_id"]
+    assert ims.calls["create"] == 1
+    assert no_process_wide_ims_port(deps)
+
+
 def test_each_request_signs_with_its_own_credentials(ims, deps_for):
     deps_for(ims)
     assert create(platform_headers(ims.config)).status_code == 202

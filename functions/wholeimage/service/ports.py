@@ -23,8 +23,12 @@ log = logging.getLogger("wholeimage.service")
 
 
 def ims_connection(deps: Dependencies) -> ImsConnection:
-    """Where IMS is and how we authenticate, resolved from the settings on first use."""
-    return deps.once("connection", lambda: ImsConnection.from_settings(deps.settings))
+    """Where IMS is and how we authenticate, resolved from the settings (and, on a request's
+    view, its platform credentials) on first use."""
+    return deps.once(
+        "connection",
+        lambda: ImsConnection.from_settings(deps.settings, platform=deps.platform_credentials),
+    )
 
 
 def ims_client(deps: Dependencies) -> ImsClient:
@@ -39,14 +43,13 @@ def request_ports(deps: Dependencies, headers: Headers) -> Iterator[Dependencies
     ones are configured and ``WHOLEIMAGE_PLATFORM_CREDENTIALS`` is ``auto``, a view of them whose
     IMS ports sign with those credentials (docs/platform-credentials.md).
 
-    Such ports are built for the request (a connection and an httpx client: well under a
-    millisecond, next to the IMS call) and closed after it; the process's cached ones are never
+    Such ports are built for the request when it first calls IMS (a connection and an httpx
+    client: well under a millisecond, next to the IMS call) and closed after it; the process's cached ones are never
     built from, nor handed, the request's credentials. While the block runs, the log filter and
     error bodies redact them. Answer errors inside the block, so that holds for them too.
 
     Raises:
         RequestInvalidError: the headers are malformed or incomplete (their names, not values).
-        ConfigurationError: the endpoint or the project id is not configured.
     """
     settings = deps.settings
     credentials = None
@@ -56,7 +59,7 @@ def request_ports(deps: Dependencies, headers: Headers) -> Iterator[Dependencies
         yield deps
         return
     with request_secrets(credentials.secret_values()):
-        scoped = deps.for_request(ImsConnection.from_settings(settings, platform=credentials))
+        scoped = deps.for_request(credentials)
         log.debug("this request's IMS calls use the platform's temporary credentials")
         try:
             yield scoped
