@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     import httpx
 
     from wholeimage.callers import IdTokenVerifier
+    from wholeimage.httputil import Egress
     from wholeimage.ims.client import ImsClient
     from wholeimage.ims.connection import ImsConnection
+    from wholeimage.ims.platform import PlatformCredentials
     from wholeimage.ims.poller import JobPoller
     from wholeimage.results import Channel
 
@@ -53,19 +55,41 @@ class Dependencies:
     webhooks: httpx.Client | None = field(default=None, repr=False)
     # Checks callers' Google-signed ID tokens (WHOLEIMAGE_OIDC_*); tests hand in one over local keys.
     id_tokens: IdTokenVerifier | None = field(default=None, repr=False)
+    egress: Egress | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Set on a request's view only (``for_request``): the temporary credentials the platform
+    # handed that request, and the process's dependencies, which hold every port but IMS's.
+    platform_credentials: PlatformCredentials | None = field(default=None, repr=False)
+    _process: Dependencies | None = field(default=None, repr=False)
 
     def once(self, port: str, build: Callable[[], Port]) -> Port:
         """The port in field ``port``: built by ``build`` on first use, then kept for the process.
 
         Re-entrant, so one port's builder may ask for another (the client for the connection).
         """
+        if self._process is not None and port not in REQUEST_PORTS:
+            return self._process.once(port, build)
         with self._lock:
             value: Any = getattr(self, port)
             if value is None:
                 value = build()
                 setattr(self, port, value)
             return cast("Port", value)
+
+    def for_request(self, credentials: PlatformCredentials) -> Dependencies:
+        """A view for one request whose IMS ports (``REQUEST_PORTS``) are built, on first use,
+        with ``credentials`` and die with the view; the store, the channels, the webhook client
+        and the egress stay the process's."""
+        return Dependencies(
+            settings=self.settings,
+            store=self.store,
+            platform_credentials=credentials,
+            _process=self,
+        )
+
+
+# The ports a request's view builds for itself: they carry that request's credentials.
+REQUEST_PORTS = frozenset({"connection", "ims", "poller"})
 
 
 def open_store(state_url: str) -> JobStore:

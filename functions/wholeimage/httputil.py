@@ -1,20 +1,28 @@
 """HTTP helpers every outbound client shares: IMS, IAM, the poller and the webhooks alike.
 
 Neutral on purpose: none of it knows IMS or a chat service, so the notifier need not import the
-IMS client for its SSL context, nor the poller for its token bucket.
+IMS client for its SSL context, nor the poller for its token bucket. ``Egress`` is how every
+outbound call leaves the process: the proxies the environment names (``HTTPS_PROXY``,
+``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, as httpx reads them) and the certificates TLS trusts
+(``SSL_CERT_FILE``, ``SSL_CERT_DIR``); docs/egress.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import re
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
+from urllib.request import getproxies
 
 import certifi
 import httpx
@@ -95,6 +103,7 @@ def _system_certificate_dir() -> str | None:
 
 
 _SHARED_SSL_CONTEXT: ssl.SSLContext | None = None
+_SHARED_EGRESS: Egress | None = None
 _SSL_LOCK = threading.Lock()
 
 
@@ -106,6 +115,186 @@ def shared_ssl_context() -> ssl.SSLContext:
         if _SHARED_SSL_CONTEXT is None:
             _SHARED_SSL_CONTEXT = build_ssl_context(os.environ)
         return _SHARED_SSL_CONTEXT
+
+
+# --- the proxies ----------------------------------------------------------------------------
+
+# The proxy schemes httpx 0.28 speaks (httpx.Proxy); socks5 needs the optional socksio package.
+PROXY_SCHEMES = frozenset({"http", "https", "socks5", "socks5h"})
+
+
+def environment_proxy_mounts(proxy_info: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The environment's proxy variables as httpx mount patterns: pattern -> proxy URL, or None
+    for "direct" (a ``NO_PROXY`` entry).
+
+    ``proxy_info`` is what ``urllib.request.getproxies()`` answers (the default): scheme ->
+    value, from ``<scheme>_proxy`` in either case, lower case winning. These are httpx 0.28's
+    rules (its ``get_environment_proxies``) restated over that public function, so that nothing
+    reaches into httpx's private module; tests/unit/test_egress.py keeps httpx as the referee.
+    Per curl's rules for ``NO_PROXY``, ``example.com`` bypasses example.com and its subdomains,
+    ``.example.com`` only the subdomains, ``*`` everything.
+    """
+    info = getproxies() if proxy_info is None else proxy_info
+    mounts: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        if value := info.get(scheme):
+            mounts[f"{scheme}://"] = value if "://" in value else f"http://{value}"
+    for entry in (host.strip() for host in info.get("no", "").split(",")):
+        if entry == "*":
+            return {}
+        if not entry:
+            continue
+        if "://" in entry:
+            mounts[entry] = None
+        elif _is_ip(entry, ipaddress.IPv4Address) or entry.lower() == "localhost":
+            mounts[f"all://{entry}"] = None
+        elif _is_ip(entry, ipaddress.IPv6Address):
+            mounts[f"all://[{entry}]"] = None
+        else:
+            mounts[f"all://*{entry}"] = None
+    return mounts
+
+
+def _is_ip(entry: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        # As httpx reads it: "10.0.0.0/8" is taken for the address 10.0.0.0 alone, not a range.
+        kind(entry.split("/", maxsplit=1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One mount pattern and where it sends a matching URL (httpx's ``URLPattern`` rules)."""
+
+    pattern: str
+    proxy: str | None
+    scheme: str
+    host: str
+    port: int | None
+    host_regex: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, pattern: str, proxy: str | None) -> _Route:
+        url = httpx.URL(pattern)
+        host = "" if url.host == "*" else url.host
+        regex: re.Pattern[str] | None = None
+        if host.startswith("*."):  # subdomains only
+            regex = re.compile(rf"^.+\.{re.escape(host[2:])}$")
+        elif host.startswith("*"):  # the domain and its subdomains
+            regex = re.compile(rf"^(.+\.)?{re.escape(host[1:])}$")
+        elif host:
+            regex = re.compile(rf"^{re.escape(host)}$")
+        scheme = "" if url.scheme == "all" else url.scheme
+        return cls(pattern, proxy, scheme, host, url.port, regex)
+
+    def matches(self, url: httpx.URL) -> bool:
+        return (
+            (not self.scheme or self.scheme == url.scheme)
+            and (self.host_regex is None or self.host_regex.match(url.host) is not None)
+            and (self.port is None or self.port == url.port)
+        )
+
+    @property
+    def priority(self) -> tuple[int, int, int]:
+        # As httpx orders its mounts: with a port first, then longer hosts, then longer schemes.
+        return (0 if self.port is not None else 1, -len(self.host), -len(self.scheme))
+
+
+@dataclass(frozen=True)
+class Egress:
+    """How outbound calls leave the process: the TLS trust, and which proxy (if any) a URL takes.
+
+    Every client is built from one: the httpx clients by ``client``/``async_client`` (the
+    environment's proxies as explicit mounts, so the proxy's own TLS trusts ``SSL_CERT_FILE``
+    too), the h11 poller by asking ``proxy_for``.
+    """
+
+    ssl_context: ssl.SSLContext
+    routes: tuple[_Route, ...] = ()
+
+    @classmethod
+    def from_environment(cls) -> Egress:
+        """The egress ``os.environ`` describes now: its CA variables and its proxy variables.
+
+        Raises:
+            ConfigurationError: a CA variable names no certificates, or a proxy URL is unusable.
+        """
+        return cls.from_mounts(build_ssl_context(os.environ), environment_proxy_mounts())
+
+    @classmethod
+    def from_mounts(cls, ssl_context: ssl.SSLContext, mounts: Mapping[str, str | None]) -> Egress:
+        """An egress over these mount patterns (``environment_proxy_mounts``).
+
+        Raises:
+            ConfigurationError: a proxy URL has a scheme no client speaks (its URL, which may
+                hold a password, is not quoted).
+        """
+        for pattern, proxy in mounts.items():
+            if proxy is not None and httpx.URL(proxy).scheme not in PROXY_SCHEMES:
+                variable = f"{pattern.partition(':')[0].upper()}_PROXY"
+                raise ConfigurationError(
+                    f"{variable}: a proxy URL must start with http://, https:// or socks5://"
+                )
+        routes = sorted((_Route.of(p, proxy) for p, proxy in mounts.items()), key=_priority)
+        return cls(ssl_context, tuple(routes))
+
+    def proxy_for(self, url: str | httpx.URL) -> str | None:
+        """The proxy URL a request to ``url`` goes through; None: straight to the host."""
+        target = httpx.URL(url)
+        for route in self.routes:
+            if route.matches(target):
+                return route.proxy
+        return None
+
+    def _mounts(self, transport: Callable[..., Any]) -> dict[str, Any]:
+        return {
+            route.pattern: None
+            if route.proxy is None
+            else transport(verify=self.ssl_context, proxy=self._proxy(route.proxy))
+            for route in self.routes
+        }
+
+    def _proxy(self, url: str) -> httpx.Proxy:
+        # TLS to an https:// proxy trusts what IMS's TLS trusts (httpx alone would use certifi's
+        # bundle there); httpcore refuses a context for a plain http:// proxy.
+        if httpx.URL(url).scheme == "https":
+            return httpx.Proxy(url, ssl_context=self.ssl_context)
+        return httpx.Proxy(url)
+
+    def client(self, **options: Any) -> httpx.Client:
+        """An ``httpx.Client`` that leaves as the environment says (``options``: the rest)."""
+        return httpx.Client(
+            verify=self.ssl_context,
+            trust_env=False,  # the environment is read once, here, for every client alike
+            mounts=self._mounts(httpx.HTTPTransport),
+            **options,
+        )
+
+    def async_client(self, **options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` that leaves as the environment says."""
+        return httpx.AsyncClient(
+            verify=self.ssl_context,
+            trust_env=False,
+            mounts=self._mounts(httpx.AsyncHTTPTransport),
+            **options,
+        )
+
+
+def _priority(route: _Route) -> tuple[int, int, int]:
+    return route.priority
+
+
+def shared_egress() -> Egress:
+    """The process's egress, from the environment on first use, over ``shared_ssl_context``:
+    what a client built outside ``Dependencies`` (a script, a test helper) leaves by."""
+    global _SHARED_EGRESS  # noqa: PLW0603 (a lazy per-process singleton)
+    context = shared_ssl_context()
+    with _SSL_LOCK:
+        if _SHARED_EGRESS is None:
+            _SHARED_EGRESS = Egress.from_mounts(context, environment_proxy_mounts())
+        return _SHARED_EGRESS
 
 
 class RateLimiter:

@@ -13,6 +13,9 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -40,19 +43,42 @@ _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
 
+# One request's own secrets (the platform's temporary credentials): redacted within its context
+# only, so the process never holds them past the request.
+_request_secrets: ContextVar[frozenset[str]] = ContextVar("request_secrets", default=frozenset())
+
+
+def _spellings(values: Iterable[str]) -> set[str]:
+    # As they are and percent-encoded: a gateway may quote our request URL-encoded.
+    return {
+        spelling
+        for value in values
+        if len(value) >= 4
+        for spelling in (value, quote(value, safe=""), quote(value))
+    }
+
+
 def register_secrets(values: list[str]) -> None:
-    """Add values that must never be printed (AK/SK, tokens, webhook URLs), as they are and
-    percent-encoded: a gateway may quote our request URL-encoded."""
+    """Add values that must never be printed (AK/SK, tokens, webhook URLs), for the process."""
     with _secrets_lock:
-        for value in values:
-            if len(value) >= 4:
-                _secrets.update({value, quote(value, safe=""), quote(value)})
+        _secrets.update(_spellings(values))
+
+
+@contextmanager
+def request_secrets(values: Iterable[str]) -> Iterator[None]:
+    """Redact ``values`` too while the block runs, in its context (and the tasks and threads it
+    starts with a copy of it), and forget them after."""
+    token = _request_secrets.set(_request_secrets.get() | _spellings(values))
+    try:
+        yield
+    finally:
+        _request_secrets.reset(token)
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret and credential-shaped token replaced."""
     with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
+        secrets = sorted(_secrets | _request_secrets.get(), key=len, reverse=True)
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     for pattern in _CREDENTIAL_PATTERNS:

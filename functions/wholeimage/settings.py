@@ -143,6 +143,10 @@ class Settings(BaseModel):
     iam_user: str | None = None
     iam_password: SecretStr | None = None
     iam_domain: str | None = None
+    # FunctionGraph's temporary credentials in request headers (docs/platform-credentials.md):
+    # "auto" signs a request's IMS calls with them when none of the above is set; "off" ignores
+    # the headers, for a deployment whose callers could set them.
+    platform_credentials: Literal["auto", "off"] = "auto"
 
     # IMS call behaviour.
     ims_timeout: float = Field(default=30.0, gt=0)
@@ -257,6 +261,20 @@ class Settings(BaseModel):
     def oidc_configured(self) -> bool:
         """Whether callers may authenticate with a Google-signed OIDC ID token."""
         return bool(self.oidc_audiences())
+
+    def has_static_credentials(self) -> bool:
+        """Whether any IMS credential is configured here (then no request's headers are used)."""
+        return any(
+            (
+                self.access_key,
+                self.secret_key,
+                self.security_token,
+                self.auth_token,
+                self.iam_user,
+                self.iam_password,
+                self.iam_domain,
+            )
+        )
 
     def require_project_id(self) -> str:
         """The project id, or a ``ConfigurationError`` naming both variables."""

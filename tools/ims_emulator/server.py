@@ -83,6 +83,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -862,11 +863,17 @@ class ImsEmulator:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
         """Start serving in a daemon thread; ``port=0`` picks a free port.
 
+        With ``ssl_context`` (a server context holding a certificate for ``host``) it serves
+        HTTPS, as IMS does: the TLS tests (a private CA in ``SSL_CERT_FILE``, a tunnelling
+        proxy) use it.
+
         Returns:
-            The base URL, e.g. ``http://127.0.0.1:8090``.
+            The base URL, e.g. ``http://127.0.0.1:8090`` (``https://`` with ``ssl_context``).
 
         Raises:
             RuntimeError: when already started.
@@ -876,6 +883,12 @@ class ImsEmulator:
         self._released = threading.Event()
         server = _Server((host, port), _Handler)
         server.emulator = self
+        if ssl_context is not None:
+            # The handshake runs in each handler thread, at its first read: a client that never
+            # sends its hello holds only its own thread, not the accepting loop.
+            server.socket = ssl_context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -884,7 +897,8 @@ class ImsEmulator:
             name="ims-emulator",
         )
         self._thread.start()
-        self._url = f"http://{host}:{server.server_address[1]}"
+        scheme = "http" if ssl_context is None else "https"
+        self._url = f"{scheme}://{host}:{server.server_address[1]}"
         return self._url
 
     def stop(self) -> None:

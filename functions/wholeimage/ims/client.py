@@ -156,6 +156,10 @@ class HttpImsClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
 
+    def close(self) -> None:
+        """Close the connections (a client built for one request, with its credentials)."""
+        self._http.close()
+
     def create_whole_image(self, body: dict[str, Any]) -> str:
         """See ``ImsClient.create_whole_image``."""
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

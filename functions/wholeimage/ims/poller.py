@@ -12,8 +12,9 @@ Each poll is a single attempt: a failure never fails a job, it only reschedules 
 - ``not_sent``: the rate limiter would have made the query wait past the caller's budget.
 
 Workers use one keep-alive connection each (``wholeimage.ims.keepalive.KeepAlivePollClient``,
-which says why), all sharing one SSL context; any client with ``get(path)`` and ``aclose()``
-(an ``httpx.AsyncClient`` in tests) also works.
+which says why, directly or through an ``http://`` proxy), all sharing one SSL context; through
+another kind of proxy each worker has an ``httpx.AsyncClient`` (``HttpxPollClient``). Any client
+with ``get(path)`` and ``aclose()`` (an ``httpx.AsyncClient`` in tests) also works.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from urllib.parse import quote
 
 import httpx
 
-from wholeimage.httputil import USER_AGENT, RateLimiter, retry_after_seconds, shared_ssl_context
+from wholeimage.httputil import (
+    USER_AGENT,
+    Egress,
+    RateLimiter,
+    retry_after_seconds,
+    shared_egress,
+)
 from wholeimage.ids import PLAIN_JOB_ID
 from wholeimage.ims.auth import AkSkAuth, HeaderSigner, IamPasswordAuth, StaticTokenAuth
 from wholeimage.ims.client import FLOW_CONTROL_CODE, upstream_code_and_message
@@ -126,37 +133,69 @@ class JobPoller:
         return PollResult("rejected", detail=detail)
 
 
+class HttpxPollClient:
+    """A worker's client through a proxy the keep-alive client does not speak (``https://``,
+    SOCKS): an ``httpx.AsyncClient``, signed by the same auth. Correct first; such proxies are rare
+    enough that its cost per query (docs/performance.md) is left as it is."""
+
+    def __init__(self, *, client: httpx.AsyncClient, auth: HeaderSigner, host: str) -> None:
+        self._client = client
+        self._auth = auth
+        self._host = host
+
+    async def get(self, url: str) -> httpx.Response:
+        """A signed ``GET`` of ``url`` (relative to the IMS endpoint)."""
+        headers = self._auth.signed_headers(method="GET", host=self._host, path=url, query=[])
+        return await self._client.get(url, headers=headers)
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._client.aclose()
+
+
 def async_client_factory(
     *,
     base_url: str,
     auth: Callable[[], HeaderSigner],
     timeout: float,
-    verify: Any,
+    egress: Egress,
     user_agent: str,
 ) -> Callable[[], PollClient]:
-    """Build per-worker clients: one connection each, one shared SSL context."""
+    """Build per-worker clients: one connection each, one shared SSL context, through the proxy
+    the environment names for IMS (docs/egress.md §2)."""
+    proxy = egress.proxy_for(base_url)
+    host = httpx.URL(base_url).netloc.decode("ascii")
 
     def factory() -> PollClient:
-        return KeepAlivePollClient(
+        if proxy is None or httpx.URL(proxy).scheme == "http":
+            return KeepAlivePollClient(
+                base_url=base_url,
+                auth=auth(),
+                timeout=timeout,
+                ssl_context=egress.ssl_context,
+                user_agent=user_agent,
+                proxy=proxy,
+            )
+        client = egress.async_client(
             base_url=base_url,
-            auth=auth(),
-            timeout=timeout,
-            ssl_context=verify,
-            user_agent=user_agent,
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            headers={"User-Agent": user_agent},
         )
+        return HttpxPollClient(client=client, auth=auth(), host=host)
 
     return factory
 
 
-def job_poller(connection: ImsConnection, settings: Settings) -> JobPoller:
+def job_poller(
+    connection: ImsConnection, settings: Settings, egress: Egress | None = None
+) -> JobPoller:
     """The async poller ``check`` uses: per-worker clients, one rate limiter."""
+    egress = egress or shared_egress()
     base_url, sync_auth = connection.base_url, connection.auth
 
     def auth_for_a_worker() -> HeaderSigner:
         if isinstance(sync_auth, IamPasswordAuth):
-            token = sync_auth.current_token(
-                lambda: httpx.Client(verify=shared_ssl_context(), timeout=settings.ims_timeout)
-            )
+            token = sync_auth.current_token(lambda: egress.client(timeout=settings.ims_timeout))
             return StaticTokenAuth(token)
         if isinstance(sync_auth, AkSkAuth | StaticTokenAuth):
             return sync_auth
@@ -168,7 +207,7 @@ def job_poller(connection: ImsConnection, settings: Settings) -> JobPoller:
             base_url=base_url,
             auth=auth_for_a_worker,
             timeout=settings.ims_timeout,
-            verify=shared_ssl_context(),
+            egress=egress,
             user_agent=USER_AGENT,
         ),
         limiter=RateLimiter(settings.ims_rate_limit),

@@ -9,10 +9,11 @@ from datetime import timedelta
 import httpx
 
 from wholeimage.bootstrap import Dependencies
-from wholeimage.httputil import USER_AGENT, shared_ssl_context
+from wholeimage.httputil import USER_AGENT
 from wholeimage.logs import register_secrets
 from wholeimage.notify import NotifyConfig, NotifySummary, deliver_pending
 from wholeimage.results import Channel
+from wholeimage.service.egress import egress
 
 
 def channels(deps: Dependencies) -> list[Channel]:
@@ -27,12 +28,12 @@ def channels(deps: Dependencies) -> list[Channel]:
 
 
 def webhook_http(deps: Dependencies) -> httpx.Client:
-    """The client that posts to webhooks: no redirects (they would be misconfiguration)."""
+    """The client that posts to webhooks: no redirects (they would be misconfiguration), through
+    the proxies and with the CA the environment names."""
     return deps.once(
         "webhooks",
-        lambda: httpx.Client(
+        lambda: egress(deps).client(
             timeout=httpx.Timeout(15.0, connect=5.0),
-            verify=shared_ssl_context(),
             follow_redirects=False,
             headers={"User-Agent": f"{USER_AGENT} (wholeimage notifier)"},
         ),

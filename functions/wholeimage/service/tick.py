@@ -15,6 +15,7 @@ from wholeimage.notify import NotifySummary, outbox_for
 from wholeimage.poll_backoff import PollBackoff
 from wholeimage.reconcile import Lookup, ReconcileConfig, lookup_by_marker
 from wholeimage.results import console_url
+from wholeimage.service.egress import egress
 from wholeimage.service.outbox import channels, deliver_now
 from wholeimage.service.ports import ims_client, ims_connection
 from wholeimage.settings import Settings
@@ -42,7 +43,9 @@ def check_config(settings: Settings) -> CheckConfig:
 
 def poller_for(deps: Dependencies) -> JobPoller:
     """The async job poller, built from the settings on first use."""
-    return deps.once("poller", lambda: job_poller(ims_connection(deps), deps.settings))
+    return deps.once(
+        "poller", lambda: job_poller(ims_connection(deps), deps.settings, egress(deps))
+    )
 
 
 def marker_lookup(deps: Dependencies) -> Callable[[Job], Lookup]:

@@ -9,6 +9,7 @@ from flask import Request, Response
 
 from wholeimage.bootstrap import Dependencies, get_dependencies
 from wholeimage.errors import WholeImageError
+from wholeimage.service.ports import request_ports
 from wholeimage.service.tick import tick
 from wholeimage.web import functiongraph
 from wholeimage.web.http import authenticated, error_response, json_response, read_body
@@ -40,7 +41,13 @@ def _check(request: Request, dependencies: Callable[[], Dependencies], *, event:
         deps = dependencies()
         caller = authenticated(request, deps, ("POST", "GET"))
         trigger = trigger_for_log(request, read_body(request), any_media_type=event)
-        report = tick(deps)
+        # The platform's temporary credentials, when it sent any, sign this tick's polls and
+        # lookups only (docs/platform-credentials.md); its errors are answered inside the scope.
+        with request_ports(deps, request.headers) as ports:
+            try:
+                report = tick(ports)
+            except WholeImageError as error:
+                return error_response(error)
     except WholeImageError as error:
         return error_response(error)
     log.info(

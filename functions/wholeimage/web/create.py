@@ -11,6 +11,7 @@ from wholeimage.bootstrap import Dependencies, get_dependencies
 from wholeimage.errors import RequestInvalidError, WholeImageError
 from wholeimage.logs import trace_from_header
 from wholeimage.service.jobs import create_request, read_job, submit
+from wholeimage.service.ports import request_ports
 from wholeimage.web.http import (
     authenticated,
     error_response,
@@ -31,6 +32,17 @@ def handle_create(
     try:
         deps = dependencies()
         authenticated(request, deps, ("GET", "POST"))
+        # The platform's temporary credentials, when it sent any, sign this request's IMS calls
+        # only (docs/platform-credentials.md).
+        with request_ports(deps, request.headers) as ports:
+            return _answer(request, ports)
+    except WholeImageError as error:
+        return error_response(error)
+
+
+def _answer(request: Request, deps: Dependencies) -> Response:
+    # Errors are answered inside the request's scope: their bodies redact its credentials too.
+    try:
         if request.method == "GET":
             return _read_job(request, deps)
         return _submit(request, deps)
