@@ -53,6 +53,7 @@ from wholeimage.models import ENDED, OUTSTANDING, Job, JobStatus
 from wholeimage.service.delivery import Redrive, dead_letters, deliver
 from wholeimage.service.jobs import create_request, find_by_any_id, list_jobs, submit
 from wholeimage.service.tick import TickReport, tick
+from wholeimage.settings import get_settings
 
 if TYPE_CHECKING:
     import argparse
@@ -248,8 +249,9 @@ def requested_by() -> str:
 
 def submit_command(args: argparse.Namespace, output: Output) -> int:
     """``submit``: validate, submit to IMS, record; with ``--wait``, follow it to its verdict."""
-    # Validation needs no settings: a bad body is refused even where nothing is configured.
-    request = create_request(body_from(args))
+    # Validation needs only WHOLEIMAGE_CLOUD (its default when unset): a bad body is refused
+    # even where nothing is configured, before the store is opened.
+    request = create_request(body_from(args), cloud=get_settings().cloud)
     deps = dependencies()
     submission = submit(
         deps, request, idempotency_key=args.idempotency_key, requested_by=requested_by()

@@ -54,13 +54,14 @@ _MODEL_RULES = {
 _MODEL_RULE = "is not a value this field can hold"
 
 
-def create_request(payload: Any) -> CreateImageRequest:
-    """The create body as our model, once ``schemas/create-request.schema.json`` accepts it.
+def create_request(payload: Any, *, cloud: str) -> CreateImageRequest:
+    """The create body as our model, once ``schemas/create-request.schema.json`` accepts it
+    under the rules of ``cloud`` (``WHOLEIMAGE_CLOUD``: the clouds document some differently).
 
     Raises:
         RequestInvalidError: every failing field, by JSON path.
     """
-    validate(CREATE_REQUEST_SCHEMA, payload)
+    validate(CREATE_REQUEST_SCHEMA, payload, cloud=cloud)
     try:
         return CreateImageRequest.model_validate(payload)
     except ValidationError as exc:
