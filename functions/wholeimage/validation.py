@@ -20,7 +20,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +30,7 @@ from referencing import Registry, Resource
 
 from wholeimage.errors import ConfigurationError, RequestInvalidError
 from wholeimage.jsonbody import member_path
+from wholeimage.results import read_date_time
 
 SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
 CREATE_REQUEST_SCHEMA = "create-request.schema.json"
@@ -83,15 +84,15 @@ def load_schemas(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def readable_date_time(value: object) -> bool:
-    """A ``date-time`` string is one ``datetime.fromisoformat`` reads, as the code reads them.
+    """A ``date-time`` string is one the code reads (``results.read_date_time``), in UTC too.
 
     Raises:
         ValueError: it names a moment that does not exist (30 February, second 60, year 0), one
             that is no date in UTC (9999-12-31T23:59:59-23:59 is in the year 10000), or is spelt
-            in a way the code cannot read (a lower-case ``z``).
+            in a way the code cannot read.
     """
     if isinstance(value, str):
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = read_date_time(value)
         try:
             moment.astimezone(UTC)  # messages and stores write times in UTC
         except OverflowError:
