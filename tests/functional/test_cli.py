@@ -354,8 +354,8 @@ def test_the_same_idempotency_key_replays_the_job_and_another_body_is_refused(
 
 @pytest.fixture
 def quick_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh job is due at once (not 10 s later) and ticks may follow each other quickly."""
-    monkeypatch.setattr("wholeimage.create.FIRST_POLL_DELAY", timedelta(0))
+    """Ticks may follow each other quickly (a fresh job is due at once already: the first poll
+    follows the environment's schedule, WHOLEIMAGE_POLL_MIN_INTERVAL=0)."""
     monkeypatch.setattr("wholeimage.cli.commands.MIN_PAUSE", 0.05)
     monkeypatch.setattr("wholeimage.cli.commands.REFRESH", 0.2)
 

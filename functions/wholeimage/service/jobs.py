@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -107,6 +107,9 @@ def submit(
         trace=trace,
         ims=ims_client(deps),
         store=deps.store,
+        # A new job's age is 0, so the schedule's shortest wait applies (poll_backoff):
+        # WHOLEIMAGE_POLL_MIN_INTERVAL=0 makes it due at the next tick.
+        first_poll_after=timedelta(seconds=deps.settings.poll_min_interval),
     )
     return Submission(job=outcome.job, replayed=outcome.replayed)
 
