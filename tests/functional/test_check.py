@@ -772,6 +772,36 @@ def test_a_failed_job_records_imss_error_code_and_fail_reason(store, ims, clock)
 
 @pytest.mark.slow
 @BOTH_STORES
+def test_a_failed_job_whose_reason_only_its_entities_and_sub_jobs_carry_records_that_reason(
+    store, ims, clock
+):
+    # The job model has four places for an error (docs/ims-api.md §2.1); only the top level
+    # was read, so such a FAIL was recorded without a word of why.
+    ims.config.fail_sources = {"doomed-0"}
+    ims.config.job_overrides = {
+        "error_code": None,
+        "fail_reason": None,
+        "entities": {
+            "error_code": "IMG.0126",
+            "error": "The ECS status does not allow a full-ECS image.",
+            "sub_jobs_result": [{"job_id": "sub-1", "status": "FAIL", "fail_reason": "stopped"}],
+        },
+    }
+    with wired(settings_for(ims), store) as deps:
+        [doomed] = submit(deps, now=clock.now, name="doomed")
+        clock.advance(600)
+
+        assert dict(tick(deps, clock).ended) == {"FAIL": 1}
+
+    ended = recorded(store, doomed)
+    assert ended.error_code == "IMG.0126"
+    assert ended.fail_reason == (
+        "The ECS status does not allow a full-ECS image. | sub-job sub-1: stopped"
+    )
+
+
+@pytest.mark.slow
+@BOTH_STORES
 def test_the_summary_counts_what_the_tick_did(store, ims, clock):
     settings = settings_for(ims, poll_min_interval=15, poll_max_interval=300, check_concurrency=1)
     with wired(settings, store) as deps:
