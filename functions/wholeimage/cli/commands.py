@@ -30,7 +30,9 @@ from wholeimage.cli.output import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    VENV_NEXT_STEP,
     Output,
+    missing_package,
 )
 from wholeimage.cli.serve import serve as serve_forever
 from wholeimage.errors import (
@@ -118,7 +120,17 @@ def classify(error: BaseException) -> tuple[int, str] | None:
             return code, next_step.format(retry_after=getattr(error, "retry_after", "a few"))
     if _store_unavailable(error):
         return EXIT_UNAVAILABLE, _STORE_NEXT_STEP
+    if _missing_dependency(error):
+        return EXIT_USAGE, VENV_NEXT_STEP
     return None
+
+
+def _missing_dependency(error: BaseException) -> bool:
+    """A third-party package this Python lacks (psycopg, once PostgreSQL is configured, say)."""
+    return isinstance(error, ModuleNotFoundError) and str(error.name).split(".")[0] not in (
+        "wholeimage",
+        "None",
+    )
 
 
 def _store_unavailable(error: BaseException) -> bool:
@@ -138,6 +150,8 @@ def report(error: BaseException, output: Output, *, next_step: str) -> None:
     """Print ``error`` to stderr: its JSON error body with ``--json``, else words and a next step."""
     if isinstance(error, WholeImageError):
         body = error.body()
+    elif isinstance(error, ModuleNotFoundError):
+        body = missing_package(str(error.name), sys.executable)
     else:
         # The driver's own words, first line only and redacted: they may quote the connection
         # URL, whose password is not among the registered secrets.
@@ -470,7 +484,8 @@ def notify_command(args: argparse.Namespace, output: Output) -> int:
         )
         if dead:
             text += "\n\nre-drive them: wholeimage notify --redrive all (or --redrive ID,ID)"
-        output.answer([row.as_json() for row in dead], text)
+        # The body GET ?dead_letters=1 answers (schemas/notify-dead-letters.schema.json).
+        output.answer({"dead_letters": [row.as_json() for row in dead]}, text)
         return EXIT_OK
     redrive = Redrive.parse(args.redrive)
     if args.redrive is not None and redrive is None:
