@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -586,6 +588,29 @@ def test_a_state_store_that_cannot_be_opened_is_exit_3(capsys, monkeypatch, tmp_
 
     assert code == EXIT_UNAVAILABLE
     assert "WHOLEIMAGE_STATE_URL" in err
+
+
+@pytest.mark.parametrize("command", [["list"], ["status", "f" * 32], ["tick"]])
+def test_an_unreachable_postgresql_is_one_error_line_within_seconds_and_exit_3(
+    environment, capsys, monkeypatch, command
+):
+    # It hung 30 s and printed 20 connection-error lines first (issue 10).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("WHOLEIMAGE_STATE_URL", f"postgresql://ops:s3cret-pw@127.0.0.1:{port}/state")
+    started = time.monotonic()
+
+    code, out, err = run(capsys, *command)
+
+    assert time.monotonic() - started < 3
+    assert code == EXIT_UNAVAILABLE
+    assert out == ""
+    error, next_step = err.splitlines()
+    assert error.startswith("error: the state store (WHOLEIMAGE_STATE_URL) failed: ")
+    assert "Connection refused" in error
+    assert next_step.startswith("next: check that the database of WHOLEIMAGE_STATE_URL")
+    assert "s3cret-pw" not in err
 
 
 # --- tick and notify ---------------------------------------------------------------------------
