@@ -496,7 +496,7 @@ def test_no_log_line_error_dead_letter_or_answer_shows_a_webhook_credential(
     assert (failing.get_json()["retried"], failing.get_json()["dead"]) == (2, 1)
     assert succeeding.get_json()["delivered"] >= 3
     log_text = lines.getvalue()
-    assert "notification sent" in log_text  # the lines were captured
+    assert "notification delivered" in log_text  # the lines were captured
     errors = [row.last_error or "" for row in outbox_rows(state_url).values()]
     assert any("cannot post to" in error for error in errors)  # the answers were recorded...
     shown = {
