@@ -322,6 +322,7 @@ def bench_queries_per_job(job_minutes: float, samples: int) -> None:
                 trace=None,
                 ims=ims_client(deps),
                 store=store,
+                first_poll_after=timedelta(seconds=settings.poll_min_interval),
                 now=clock.now,
             )
             config = CheckConfig()  # the default schedule: 15 s .. 300 s

@@ -160,6 +160,7 @@ def bench_burst(jobs: int, min_gap: float = 1.0) -> None:
                 trace=None,
                 ims=ims_client(deps),
                 store=store,
+                first_poll_after=timedelta(seconds=settings.poll_min_interval),
                 now=lambda: datetime.now(UTC) - timedelta(seconds=30),
             )
         channel = Channel(

@@ -38,7 +38,6 @@ log = logging.getLogger("wholeimage.create")
 
 # Longer than any IMS call can take with its retries (timeout 30 s x 4 attempts + 20 s budget).
 STALE_SUBMISSION = timedelta(minutes=5)
-FIRST_POLL_DELAY = timedelta(seconds=10)
 
 
 def utc_now() -> datetime:
@@ -62,9 +61,13 @@ def submit_create(
     trace: str | None,
     ims: ImsClient,
     store: JobStore,
+    first_poll_after: timedelta,
     now: Callable[[], datetime] = utc_now,
 ) -> CreateOutcome:
     """Reserve, submit to IMS, record; or replay what the idempotency key already did.
+
+    ``first_poll_after`` is how long after IMS accepted it the new job is first due for
+    ``check``: the poll schedule's shortest wait, so ``0`` makes it due at the next tick.
 
     Raises:
         IdempotencyKeyReusedError: the key was used before with another body.
@@ -110,8 +113,12 @@ def submit_create(
             job.request_id, reason="submission interrupted by an internal error", now=now()
         )
         raise
+    accepted = now()
     submitted = store.mark_submitted(
-        job.request_id, ims_job_id=ims_job_id, now=now(), next_poll_at=now() + FIRST_POLL_DELAY
+        job.request_id,
+        ims_job_id=ims_job_id,
+        now=accepted,
+        next_poll_at=accepted + first_poll_after,
     )
     if submitted.status is JobStatus.SUBMITTED:
         log.info("IMS job submitted", extra={**log_fields, "job_id": ims_job_id})

@@ -300,9 +300,10 @@ class _ChannelRun:
             # Answered, but the body cannot be decoded (a broken gzip): unconfirmed, as above.
             return Delivery("retry", detail=f"unreadable answer: {type(exc).__name__}")
         delivery = self.target.classify(response)
+        level, said = _OUTCOME_LOG[delivery.outcome]
         log.log(
-            logging.INFO if delivery.outcome == "delivered" else logging.WARNING,
-            "notification sent",
+            level,
+            said,
             extra={
                 "channel": self.channel.name,
                 "webhook": redact_url(message.url),
@@ -313,6 +314,15 @@ class _ChannelRun:
             },
         )
         return delivery
+
+
+# What one answered POST is logged as, by what the service's answer means (channels.base): a
+# refusal for good was logged as "notification sent" at WARNING, like a retry.
+_OUTCOME_LOG: dict[str, tuple[int, str]] = {
+    "delivered": (logging.INFO, "notification delivered"),
+    "retry": (logging.WARNING, "notification not delivered; retried later unless too old"),
+    "permanent": (logging.ERROR, "notification refused for good; it goes to the dead letters"),
+}
 
 
 class _Run:

@@ -14,6 +14,23 @@ from pydantic import SecretStr
 
 from wholeimage.models import Job
 
+
+def read_date_time(text: str) -> datetime:
+    """An RFC 3339 date-time as an aware datetime (UTC when it has no offset).
+
+    RFC 3339 §5.6 lets ``T`` and ``Z`` be lower case, and the schemas' pattern does too;
+    ``datetime.fromisoformat`` reads ``Z`` and a lower-case ``t``, not a lower-case ``z``, so a
+    final ``Z`` or ``z`` is read as ``+00:00``.
+
+    Raises:
+        ValueError: ``text`` is no time ``datetime.fromisoformat`` reads.
+    """
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 Verdict = Literal["SUCCESS", "FAIL", "TIMED_OUT", "UNCONFIRMED"]
 VERDICTS: tuple[Verdict, ...] = ("SUCCESS", "FAIL", "TIMED_OUT", "UNCONFIRMED")
 
@@ -114,10 +131,7 @@ class JobResult:
         """Read back ``to_json`` (or a body already validated against ``job-result``)."""
 
         def moment(value: Any) -> datetime | None:
-            if not value:
-                return None
-            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return read_date_time(str(value)) if value else None
 
         source = data.get("source") or {}
         status: Verdict = data["status"]

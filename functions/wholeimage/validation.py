@@ -1,11 +1,16 @@
 """Validate request bodies against the JSON Schemas in ``schemas/`` (2020-12, formats asserted).
 
 Every file of the schema folder goes into one ``referencing.Registry`` so cross-file ``$ref``
-works; one compiled validator per schema is built on first use and kept for the process.
-Errors are reported all at once, sorted by JSON path, never as library text alone: a subschema's
-``x-error-message`` annotation replaces the library's message, other keywords are restated as
-their rule, and a missing or unknown member is reported at its own path. Rules a schema cannot
-state (unique tag keys, ``min_ram <= max_ram``) run in the same call, in the same detail format.
+works; one compiled validator per schema and cloud is built on first use and kept for the
+process. Errors are reported all at once, sorted by JSON path, never as library text alone: a
+subschema's ``x-error-message`` annotation replaces the library's message, other keywords are
+restated as their rule, and a missing or unknown member is reported at its own path.
+
+Two keywords of our own carry what the clouds' documents say and plain JSON Schema cannot:
+``x-cloud`` holds when the validator's cloud is its value, so ``if``/``then``/``else`` states
+a rule per cloud (``WHOLEIMAGE_CLOUD``; the caller passes it in), and ``x-unique-keys`` refuses
+tags that repeat a key, at the repeating item's path. A tool that knows neither reads the
+schema as Huawei Cloud's rules without the key check (the schema's ``$comment``).
 """
 
 from __future__ import annotations
@@ -14,23 +19,31 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from jsonschema import Draft202012Validator, FormatChecker, ValidationError
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 from referencing import Registry, Resource
 
 from wholeimage.errors import ConfigurationError, RequestInvalidError
 from wholeimage.jsonbody import member_path
+from wholeimage.results import read_date_time
 
 SCHEMA_DIR_VARIABLE = "WHOLEIMAGE_SCHEMA_DIR"
 CREATE_REQUEST_SCHEMA = "create-request.schema.json"
 JOB_RESULT_SCHEMA = "job-result.schema.json"
 # Annotation keyword of our schemas: a human message replacing the library's for that subschema.
 ERROR_MESSAGE_KEYWORD = "x-error-message"
+# Assertion keywords of our schemas (the module docstring).
+CLOUD_KEYWORD = "x-cloud"
+UNIQUE_KEYS_KEYWORD = "x-unique-keys"
+# The values of WHOLEIMAGE_CLOUD (settings.Settings.cloud, which lives a layer above) and its
+# default; tests/unit/test_schemas.py checks that they agree.
+CLOUDS = ("huaweicloud", "otc")
+DEFAULT_CLOUD = "huaweicloud"
 
 # Members that ValidationError.json_path writes as ".name" rather than "['name']".
 _lock = threading.Lock()
@@ -71,15 +84,15 @@ def load_schemas(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def readable_date_time(value: object) -> bool:
-    """A ``date-time`` string is one ``datetime.fromisoformat`` reads, as the code reads them.
+    """A ``date-time`` string is one the code reads (``results.read_date_time``), in UTC too.
 
     Raises:
         ValueError: it names a moment that does not exist (30 February, second 60, year 0), one
             that is no date in UTC (9999-12-31T23:59:59-23:59 is in the year 10000), or is spelt
-            in a way the code cannot read (a lower-case ``z``).
+            in a way the code cannot read.
     """
     if isinstance(value, str):
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = read_date_time(value)
         try:
             moment.astimezone(UTC)  # messages and stores write times in UTC
         except OverflowError:
@@ -101,9 +114,60 @@ def format_checker() -> FormatChecker:
     return checker
 
 
+def _unique_keys(validator: Any, how: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """``x-unique-keys``: an error at each item whose key an earlier item already used.
+
+    ``{"member": "key"}`` reads the key from that member of object items, ``{"separator": "."}``
+    as the text of string items before the first separator (all of it without one). Items of
+    another shape are the type rules' to report.
+    """
+    if not isinstance(instance, list) or not isinstance(how, Mapping):
+        return
+    member, separator = how.get("member"), how.get("separator")
+    first_use: dict[str, int] = {}
+    for index, item in enumerate(instance):
+        path: list[str | int]
+        if isinstance(member, str) and isinstance(item, Mapping):
+            key, path = item.get(member), [index, member]
+        elif isinstance(separator, str) and isinstance(item, str):
+            key, path = item.partition(separator)[0], [index]
+        else:
+            continue
+        if not isinstance(key, str):
+            continue
+        if key in first_use:
+            yield ValidationError(
+                f"duplicate key {key!r}: the item at index {first_use[key]} already uses it",
+                path=path,
+            )
+        else:
+            first_use[key] = index
+
+
+def _validator_class(cloud: str) -> type[Draft202012Validator]:
+    """Draft 2020-12 with our two assertion keywords, ``x-cloud`` answering for ``cloud``."""
+
+    def on_cloud(
+        validator: Any, value: Any, instance: Any, schema: Any
+    ) -> Iterator[ValidationError]:
+        if value != cloud:
+            yield ValidationError(f"the rule is {value}'s, and the cloud is {cloud}")
+
+    extended = validators.extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
+        Draft202012Validator, {CLOUD_KEYWORD: on_cloud, UNIQUE_KEYS_KEYWORD: _unique_keys}
+    )
+    return cast("type[Draft202012Validator]", extended)
+
+
 @cache
-def validator_for(schema_name: str) -> Draft202012Validator:
-    """The compiled validator for one schema file, built once per process."""
+def validator_for(schema_name: str, cloud: str = DEFAULT_CLOUD) -> Draft202012Validator:
+    """The compiled validator for one schema file and cloud, built once per process.
+
+    Raises:
+        ConfigurationError: the schema file is missing, or ``cloud`` is not one we know.
+    """
+    if cloud not in CLOUDS:
+        raise ConfigurationError(f"WHOLEIMAGE_CLOUD must be one of {', '.join(CLOUDS)}")
     with _lock:
         schemas = load_schemas(schema_dir())
         if schema_name not in schemas:
@@ -112,7 +176,7 @@ def validator_for(schema_name: str) -> Draft202012Validator:
             (document.get("$id", name), Resource.from_contents(document))
             for name, document in schemas.items()
         )
-        return Draft202012Validator(
+        return _validator_class(cloud)(
             schemas[schema_name],
             registry=registry,
             format_checker=format_checker(),
@@ -222,83 +286,17 @@ def _describe(error: ValidationError) -> list[dict[str, str]]:
     return [{"path": error.json_path, "message": _message(error)}]
 
 
-def _duplicate_keys(keys: Iterable[tuple[str, str]], what: str) -> Iterator[dict[str, str]]:
-    """A detail for every (path, key) whose key an earlier pair already used."""
-    first_seen: dict[str, str] = {}
-    for path, key in keys:
-        if key in first_seen:
-            yield {
-                "path": path,
-                "message": f"duplicate {what} key {key!r}; {first_seen[key]} already uses it",
-            }
-        else:
-            first_seen[key] = path
-
-
-def _tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    tags = body.get("tags")
-    if isinstance(tags, list):
-        for index, tag in enumerate(tags):
-            if isinstance(tag, str):
-                # "key.value": the first dot separates, and a tag without a dot is all key.
-                yield member_path("$.tags", index), tag.partition(".")[0]
-
-
-def _image_tag_keys(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    image_tags = body.get("image_tags")
-    if isinstance(image_tags, list):
-        for index, tag in enumerate(image_tags):
-            if isinstance(tag, Mapping) and isinstance(tag.get("key"), str):
-                yield member_path(member_path("$.image_tags", index), "key"), tag["key"]
-
-
-def _as_integer(validator: Draft202012Validator, value: object) -> int | None:
-    """``value`` as an int when the schema's "integer" accepts it (1024 and 1024.0, not True)."""
-    if isinstance(value, int | float) and validator.is_type(value, "integer"):
-        return int(value)
-    return None
-
-
-def _create_request_problems(
-    validator: Draft202012Validator, body: Any
-) -> Iterator[dict[str, str]]:
-    """What the create schema cannot say: unique tag keys and ``min_ram <= max_ram``.
-
-    Each rule only looks at values of the type the schema wants; a value of the wrong type
-    is already reported by the schema.
-    """
-    if not isinstance(body, Mapping):
-        return
-    yield from _duplicate_keys(_tag_keys(body), "tag")
-    yield from _duplicate_keys(_image_tag_keys(body), "image_tags")
-    min_ram = _as_integer(validator, body.get("min_ram"))
-    max_ram = _as_integer(validator, body.get("max_ram"))
-    if min_ram is not None and max_ram is not None and min_ram > max_ram:
-        yield {
-            "path": "$.min_ram",
-            "message": f"min_ram ({min_ram} MB) must not be greater than max_ram ({max_ram} MB)",
-        }
-
-
-_CrossChecks = Callable[["Draft202012Validator", Any], Iterable[dict[str, str]]]
-
-# Checks run in the same validate() call as the schema, per schema file.
-_CROSS_CHECKS: dict[str, _CrossChecks] = {CREATE_REQUEST_SCHEMA: _create_request_problems}
-
-
-def validate(schema_name: str, instance: Any) -> None:
+def validate(schema_name: str, instance: Any, *, cloud: str = DEFAULT_CLOUD) -> None:
     """Raise ``RequestInvalidError`` naming every failing field of ``instance``.
 
-    Schema errors and the schema's cross-field checks are reported together, one detail
-    (``path`` as a JSON path, ``message``) per problem, sorted by path.
+    ``cloud`` (``WHOLEIMAGE_CLOUD``) picks the rules that differ between the clouds; only the
+    create body has such rules. One detail (``path`` as a JSON path, ``message``) per problem,
+    sorted by path.
     """
-    validator = validator_for(schema_name)
+    validator = validator_for(schema_name, cloud)
     found: list[dict[str, str]] = []
     for error in validator.iter_errors(instance):
         found.extend(_describe(error))
-    cross_checks = _CROSS_CHECKS.get(schema_name)
-    if cross_checks is not None:
-        found.extend(cross_checks(validator, instance))
     if not found:
         return
     details: list[dict[str, str]] = []

@@ -447,6 +447,7 @@ def test_sixteen_threads_with_one_key_make_exactly_one_submission(store, db_path
             trace=None,
             ims=ims,
             store=store,
+            first_poll_after=timedelta(seconds=15),
             now=fixed_now,
         )
     )
@@ -472,6 +473,7 @@ def test_sixteen_threads_with_one_backup_make_exactly_one_submission(store, db_p
             trace=None,
             ims=ims,
             store=store,
+            first_poll_after=timedelta(seconds=15),
             now=fixed_now,
         )
     )
@@ -499,6 +501,7 @@ def test_sixteen_threads_each_with_its_own_store_on_one_file_make_exactly_one_su
                 trace=None,
                 ims=ims,
                 store=stores[index],
+                first_poll_after=timedelta(seconds=15),
                 now=fixed_now,
             )
         )
@@ -553,6 +556,7 @@ def child_submit(
             trace=None,
             ims=ims,
             store=store,
+            first_poll_after=timedelta(seconds=15),
             now=fixed_now,
         )
         results.put(("replayed" if outcome.replayed else "created", outcome.job.request_id))
@@ -577,6 +581,7 @@ def child_submit_and_get_killed(
         trace=None,
         ims=ims,
         store=store,
+        first_poll_after=timedelta(seconds=15),
         now=fixed_now,
     )
 
@@ -609,6 +614,7 @@ def child_submit_many(db: str, tag: str, count: int, barrier: Barrier) -> None:
                 trace=None,
                 ims=ims,
                 store=store,
+                first_poll_after=timedelta(seconds=15),
             )
     finally:
         store.close()
@@ -700,6 +706,7 @@ def test_a_process_killed_inside_the_ims_call_loses_nothing_and_nothing_is_resub
             trace=None,
             ims=ims,
             store=store,
+            first_poll_after=timedelta(seconds=15),
             now=lambda: at,
         )
 

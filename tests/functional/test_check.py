@@ -54,7 +54,7 @@ from wholeimage.check import (
     decide,
     run_check_sync,
 )
-from wholeimage.create import FIRST_POLL_DELAY, submit_create
+from wholeimage.create import submit_create
 from wholeimage.httputil import RateLimiter
 from wholeimage.ims.auth import StaticTokenAuth
 from wholeimage.ims.client import HttpImsClient
@@ -75,6 +75,9 @@ PROJECT_ID = EmulatorConfig().project_id
 AK, SK = EmulatorConfig().ak, EmulatorConfig().sk
 INSTANCE_ID = "877a2cda-ba63-4e1e-b95f-e67e48b6129a"
 T0 = datetime(2025, 3, 14, 9, 0, 0, tzinfo=UTC)
+# How long after its submission a job is first due in these tests: the create function passes
+# WHOLEIMAGE_POLL_MIN_INTERVAL (service.jobs.submit); 10 s lets a test place ticks around it.
+FIRST_POLL = timedelta(seconds=10)
 # The fake clock starts far from real time; AK/SK signatures carry real time, so the emulator
 # must not refuse them as expired.
 START = 1_750_000_000.0
@@ -114,7 +117,7 @@ def tracked_job(
         created_at=created,
         updated_at=created,
         submitted_at=submitted_at,
-        next_poll_at=T0 + FIRST_POLL_DELAY,
+        next_poll_at=T0 + FIRST_POLL,
         deadline_at=deadline_at,
     )
 
@@ -655,8 +658,10 @@ def submit(
     *,
     now: Callable[[], datetime],
     name: str = "img",
+    first_poll_after: timedelta = FIRST_POLL,
 ) -> list[Job]:
-    """Submit ``count`` jobs through the create use case and the real IMS client."""
+    """Submit ``count`` jobs through the create use case and the real IMS client, first due
+    ``first_poll_after`` later (the create function passes WHOLEIMAGE_POLL_MIN_INTERVAL)."""
     return [
         submit_create(
             CreateImageRequest(name=f"{name}-{index}", instance_id=str(uuid.uuid4())),
@@ -665,6 +670,7 @@ def submit(
             trace=None,
             ims=ims_client(deps),
             store=deps.store,
+            first_poll_after=first_poll_after,
             now=now,
         ).job
         for index in range(count)
@@ -766,6 +772,36 @@ def test_a_failed_job_records_imss_error_code_and_fail_reason(store, ims, clock)
 
 @pytest.mark.slow
 @BOTH_STORES
+def test_a_failed_job_whose_reason_only_its_entities_and_sub_jobs_carry_records_that_reason(
+    store, ims, clock
+):
+    # The job model has four places for an error (docs/ims-api.md §2.1); only the top level
+    # was read, so such a FAIL was recorded without a word of why.
+    ims.config.fail_sources = {"doomed-0"}
+    ims.config.job_overrides = {
+        "error_code": None,
+        "fail_reason": None,
+        "entities": {
+            "error_code": "IMG.0126",
+            "error": "The ECS status does not allow a full-ECS image.",
+            "sub_jobs_result": [{"job_id": "sub-1", "status": "FAIL", "fail_reason": "stopped"}],
+        },
+    }
+    with wired(settings_for(ims), store) as deps:
+        [doomed] = submit(deps, now=clock.now, name="doomed")
+        clock.advance(600)
+
+        assert dict(tick(deps, clock).ended) == {"FAIL": 1}
+
+    ended = recorded(store, doomed)
+    assert ended.error_code == "IMG.0126"
+    assert ended.fail_reason == (
+        "The ECS status does not allow a full-ECS image. | sub-job sub-1: stopped"
+    )
+
+
+@pytest.mark.slow
+@BOTH_STORES
 def test_the_summary_counts_what_the_tick_did(store, ims, clock):
     settings = settings_for(ims, poll_min_interval=15, poll_max_interval=300, check_concurrency=1)
     with wired(settings, store) as deps:
@@ -816,7 +852,7 @@ def test_only_due_jobs_are_polled(store, ims, clock):
         early = submit(deps, 3, now=clock.now, name="early")
         clock.advance(100)
         late = submit(deps, 2, now=clock.now, name="late")
-        clock.advance(FIRST_POLL_DELAY.total_seconds() - 1)
+        clock.advance(FIRST_POLL.total_seconds() - 1)
 
         first = tick(deps, clock)
         assert first.polled == 3

@@ -16,6 +16,7 @@ from ims_emulator import EmulatorConfig, ImsEmulator
 from tests.functional.test_check import (
     ANY_SKEW,
     BOTH_STORES,
+    FIRST_POLL,
     Clock,
     recorded,
     settings_for,
@@ -25,7 +26,6 @@ from tests.functional.test_check import (
 )
 from wholeimage.bootstrap import Dependencies
 from wholeimage.check import UNPOLLABLE_CODE, run_check_sync
-from wholeimage.create import FIRST_POLL_DELAY
 from wholeimage.httputil import RateLimiter
 from wholeimage.ims.poller import JobPoller, PollClient, PollResult
 from wholeimage.models import CreateImageRequest, Job, JobStatus
@@ -94,7 +94,7 @@ def test_poisoned_job_ids_end_with_their_own_code_and_every_other_job_ends_too(s
             record_with_id(deps, ims_job_id, clock, index)
             for index, ims_job_id in enumerate(STORABLE_POISONED_IDS, start=1)
         ]
-        clock.advance(FIRST_POLL_DELAY.total_seconds() + 5)
+        clock.advance(FIRST_POLL.total_seconds() + 5)
 
         summary = tick(deps, clock)
 
@@ -135,7 +135,7 @@ def test_an_exception_polling_one_job_reschedules_it_and_never_stops_the_tick(st
         jobs = submit(deps, 4, now=clock.now)
         broken = jobs[0]
         assert broken.ims_job_id is not None
-        clock.advance(FIRST_POLL_DELAY.total_seconds() + 5)
+        clock.advance(FIRST_POLL.total_seconds() + 5)
 
         summary = run_check_sync(
             store=store,

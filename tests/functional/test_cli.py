@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from functions_framework import create_app
 
 from ims_emulator import EmulatorConfig, Fault, ImsEmulator
 from tests.fakes import split_marker
@@ -354,8 +357,8 @@ def test_the_same_idempotency_key_replays_the_job_and_another_body_is_refused(
 
 @pytest.fixture
 def quick_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh job is due at once (not 10 s later) and ticks may follow each other quickly."""
-    monkeypatch.setattr("wholeimage.create.FIRST_POLL_DELAY", timedelta(0))
+    """Ticks may follow each other quickly (a fresh job is due at once already: the first poll
+    follows the environment's schedule, WHOLEIMAGE_POLL_MIN_INTERVAL=0)."""
     monkeypatch.setattr("wholeimage.cli.commands.MIN_PAUSE", 0.05)
     monkeypatch.setattr("wholeimage.cli.commands.REFRESH", 0.2)
 
@@ -587,6 +590,29 @@ def test_a_state_store_that_cannot_be_opened_is_exit_3(capsys, monkeypatch, tmp_
     assert "WHOLEIMAGE_STATE_URL" in err
 
 
+@pytest.mark.parametrize("command", [["list"], ["status", "f" * 32], ["tick"]])
+def test_an_unreachable_postgresql_is_one_error_line_within_seconds_and_exit_3(
+    environment, capsys, monkeypatch, command
+):
+    # It hung 30 s and printed 20 connection-error lines first (issue 10).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("WHOLEIMAGE_STATE_URL", f"postgresql://ops:s3cret-pw@127.0.0.1:{port}/state")
+    started = time.monotonic()
+
+    code, out, err = run(capsys, *command)
+
+    assert time.monotonic() - started < 3
+    assert code == EXIT_UNAVAILABLE
+    assert out == ""
+    error, next_step = err.splitlines()
+    assert error.startswith("error: the state store (WHOLEIMAGE_STATE_URL) failed: ")
+    assert "Connection refused" in error
+    assert next_step.startswith("next: check that the database of WHOLEIMAGE_STATE_URL")
+    assert "s3cret-pw" not in err
+
+
 # --- tick and notify ---------------------------------------------------------------------------
 
 
@@ -645,12 +671,73 @@ def test_notify_lists_dead_letters_and_redrives_them(environment, store, capsys)
     redriven = run_json(capsys, "notify", "--redrive", "all")
 
     assert listed[0] == table[0] == redriven[0] == EXIT_OK
-    assert [letter["id"] for letter in listed[1]] == [row.notification_id]
-    assert schema_problems("notify-dead-letters.schema.json", {"dead_letters": listed[1]}) == []
+    assert [letter["id"] for letter in listed[1]["dead_letters"]] == [row.notification_id]
+    assert schema_problems("notify-dead-letters.schema.json", listed[1]) == []
     assert row.notification_id in table[1]
     assert "wholeimage notify --redrive all" in table[1]
     assert redriven[1]["redriven"] == 1
     assert schema_problems("notify-summary.schema.json", redriven[1]) == []
+
+
+def test_the_dead_letters_json_is_the_body_the_notify_function_answers(environment, store, capsys):
+    # It printed a bare list while GET ?dead_letters=1 answers {"dead_letters": [...]}.
+    dead_letter(store)
+
+    code, listed, _ = run_json(capsys, "notify", "--dead-letters")
+    served = create_app("notify", str(ROOT / "functions" / "main.py")).test_client()
+    answered = served.get("/", query_string={"dead_letters": "1"})
+
+    assert code == EXIT_OK
+    assert answered.status_code == 200
+    assert listed == answered.get_json()
+    assert set(listed) == {"dead_letters"}
+
+
+def test_list_outstanding_shows_the_unresolved_jobs_too_and_unresolved_shows_only_them(
+    environment, store, capsys
+):
+    jobs = {status: recorded(store, status) for status in JobStatus}
+
+    def listed(group: str) -> set[JobStatus]:
+        code, answer, _ = run_json(capsys, "list", "--status", group)
+        assert code == EXIT_OK
+        ids = {job["request_id"] for job in answer["jobs"]}
+        return {status for status, job in jobs.items() if job.request_id in ids}
+
+    unresolved = {JobStatus.SUBMITTING, JobStatus.SUBMIT_UNCERTAIN}
+    pollable = {JobStatus.SUBMITTED, JobStatus.INIT, JobStatus.RUNNING}
+    assert listed("outstanding") == unresolved | pollable
+    assert listed("unresolved") == unresolved
+    assert listed("ended") == set(JobStatus) - unresolved - pollable
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["submit", *FLAGS, "--timeout", "5"], ["--timeout", "--wait"]),
+        (["notify", "--dead-letters", "--redrive", "all"], ["--dead-letters", "--redrive"]),
+        (["serve", "--server", "werkzeug", "--workers", "2"], ["--workers", "werkzeug"]),
+        (["serve", "--server", "werkzeug", "--threads", "4"], ["--threads", "werkzeug"]),
+        (
+            ["serve", "--server", "werkzeug", "--workers", "2", "--threads", "4"],
+            ["--workers and --threads"],
+        ),
+    ],
+    ids=["timeout-without-wait", "dead-letters-with-redrive", "werkzeug-workers",
+         "werkzeug-threads", "werkzeug-both"],
+)  # fmt: skip
+def test_flags_that_would_be_ignored_together_are_a_usage_error_naming_them(
+    environment, ims, capsys, argv, named
+):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"wholeimage {argv[0]}: error:" in err
+    for text in named:
+        assert text in err
+    assert ims.calls.get("create", 0) == 0
 
 
 # --- as an operator runs it --------------------------------------------------------------------
@@ -677,6 +764,47 @@ def wholeimage(*argv: str, env: dict[str, str], cwd: Path) -> subprocess.Complet
         timeout=60,
         check=False,
     )
+
+
+def test_an_unconfigured_tick_is_a_one_line_error_with_exit_2_not_a_traceback(tmp_path):
+    done = wholeimage("tick", env=child_env(), cwd=tmp_path)
+
+    assert done.returncode == EXIT_USAGE
+    assert "Traceback" not in done.stderr
+    error, next_step = done.stderr.splitlines()
+    assert error.startswith("error: IMS endpoint unknown: set WHOLEIMAGE_REGION")
+    assert next_step.startswith("next: ")
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_python_without_the_dependencies_is_told_to_use_the_venv_not_a_traceback(
+    tmp_path, as_json
+):
+    # What "python -m wholeimage tick" met outside the venv: pydantic not importable.
+    shadow = tmp_path / "no-pydantic"
+    shadow.mkdir()
+    (shadow / "pydantic.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pydantic'\", name='pydantic')\n"
+    )
+    env = child_env(PYTHONPATH=f"{shadow}:{ROOT / 'functions'}")
+
+    done = wholeimage("tick", *(["--json"] if as_json else []), env=env, cwd=tmp_path)
+
+    assert done.returncode == EXIT_USAGE
+    assert "Traceback" not in done.stderr
+    if as_json:
+        error = json.loads(done.stderr)
+        assert schema_problems("error.schema.json", error) == []
+        assert error["error"]["code"] == "misconfigured"
+        assert "'pydantic'" in error["error"]["message"]
+    else:
+        error_line, next_step = done.stderr.splitlines()
+        assert error_line == (
+            f"error: the Python package 'pydantic' is not installed for {sys.executable}"
+        )
+        assert ".venv/bin/python -m wholeimage" in next_step
+        assert next_step.endswith("(exit 2)")
 
 
 def test_python_m_wholeimage_help_lists_the_commands_and_the_exit_codes(tmp_path):

@@ -134,12 +134,42 @@ def test_unreadable_bodies_are_400_with_a_path_and_change_nothing(
 
 
 def test_schema_violations_list_every_failing_field_and_change_nothing(client, deps, ims):
-    body = {"name": " bad<name", "instance_id": "not-a-uuid", "max_ram": "1024", "colour": "red"}
+    body = {"name": " bad<name", "instance_id": "web\u000001", "max_ram": "1024", "colour": "red"}
     response = post_json(client, body)
     assert response.status_code == 400
     paths = {detail["path"] for detail in response.get_json()["error"]["details"]}
     assert {"$.name", "$.instance_id", "$.max_ram", "$.colour"} <= paths
     assert_nothing_happened(deps, ims)
+
+
+# What the two clouds' tag pages allow differs; WHOLEIMAGE_CLOUD picks (docs/ims-api.md §1.3).
+SPACED_TAGS = {**ECS_BODY, "image_tags": [{"key": " cost center ", "value": "a:b@c"}]}
+
+
+def test_image_tags_huawei_cloud_refuses_are_a_400_naming_them_there(client, deps, ims):
+    assert deps.settings.cloud == "huaweicloud"
+
+    response = post_json(client, SPACED_TAGS)
+
+    assert response.status_code == 400
+    paths = [detail["path"] for detail in response.get_json()["error"]["details"]]
+    assert paths == ["$.image_tags[0].key", "$.image_tags[0].value"]
+    assert_nothing_happened(deps, ims)
+
+
+def test_on_open_telekom_cloud_the_same_tags_are_submitted_as_given(tmp_path, ims):
+    # OTC strips outer spaces itself and documents no character rule for image_tags.
+    deps = make_dependencies(tmp_path, ims, cloud="otc")
+    set_dependencies(deps)
+    try:
+        response = post_json(create_app("create", MAIN).test_client(), SPACED_TAGS)
+    finally:
+        set_dependencies(None)
+        deps.store.close()
+
+    assert response.status_code == 202
+    [sent] = ims.submitted
+    assert sent["image_tags"] == SPACED_TAGS["image_tags"]
 
 
 def test_a_body_over_64_kib_is_413_and_changes_nothing(client, deps, ims):

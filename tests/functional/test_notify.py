@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -1759,3 +1760,49 @@ def test_every_webhook_url_and_secret_is_registered_for_redaction(monkeypatch):
         DISCORD_TOKEN,
     ):
         assert token not in shown
+
+
+# === what an answered POST is logged as ===========================================================
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "level", "message", "state"),
+    [
+        (200, "delivered", logging.INFO, "notification delivered", "DELIVERED"),
+        (
+            503,
+            "retry",
+            logging.WARNING,
+            "notification not delivered; retried later unless too old",
+            "PENDING",
+        ),
+        (
+            410,
+            "permanent",
+            logging.ERROR,
+            "notification refused for good; it goes to the dead letters",
+            "DEAD",
+        ),
+    ],
+    ids=["delivered", "retry", "permanent"],
+)
+@BOTH_STORES
+def test_each_outcome_of_a_post_is_logged_in_its_own_words(
+    store, state_url, caplog, status, outcome, level, message, state
+):
+    # A permanent refusal was logged as "notification sent" (issue 10).
+    time = FakeTime()
+    hook = channel("standard")
+    enqueue(store, [job_result(1, "FAIL")], [hook], now=time.now())
+
+    with caplog.at_level(logging.INFO, logger="wholeimage.notify"):
+        deliver(store, [hook], Service(then=answer(status)), time)
+
+    [logged] = [
+        record
+        for record in caplog.records
+        if record.name == "wholeimage.notify" and record.getMessage().startswith("notification")
+    ]
+    assert (logged.levelno, logged.getMessage()) == (level, message)
+    assert logged.__dict__["outcome"] == outcome
+    assert [row.state for row in outbox_rows(state_url).values()] == [state]

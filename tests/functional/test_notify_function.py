@@ -168,6 +168,26 @@ def test_a_minimal_job_result_is_enough_and_a_filtered_channel_does_not_hear_it(
     assert (row.channel, row.result_key) == ("hook", "wi_9f1c2d3e4b5a69788796a5b4c3d2e1f0_success")
 
 
+def test_a_job_result_with_lower_case_t_and_z_is_delivered_with_its_times(notify_app, store):
+    # RFC 3339 §5.6 and the job-result schema's pattern allow them; notify answered 400 (issue 10).
+    client, service = notify_app()
+    body = {
+        **job_result(3, "FAIL").to_json(),
+        "submitted_at": "2026-11-27t09:00:00z",
+        "ended_at": "2026-11-27t09:30:00.5z",
+    }
+
+    response = client.post("/", json=body)
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["delivered"] == 1
+    [webhook] = service.to(STANDARD_URL)
+    sent = json.loads(webhook.content)["data"]
+    assert sent["submitted_at"] == "2026-11-27T09:00:00+00:00"
+    assert sent["ended_at"] == "2026-11-27T09:30:00.500000+00:00"
+    assert sent["duration_s"] == 1800.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "paths"),
@@ -476,7 +496,7 @@ def test_no_log_line_error_dead_letter_or_answer_shows_a_webhook_credential(
     assert (failing.get_json()["retried"], failing.get_json()["dead"]) == (2, 1)
     assert succeeding.get_json()["delivered"] >= 3
     log_text = lines.getvalue()
-    assert "notification sent" in log_text  # the lines were captured
+    assert "notification delivered" in log_text  # the lines were captured
     errors = [row.last_error or "" for row in outbox_rows(state_url).values()]
     assert any("cannot post to" in error for error in errors)  # the answers were recorded...
     shown = {

@@ -322,9 +322,9 @@ def test_a_cloud_event_submission_matches_the_document(app, emulated):
 
 
 @pytest.mark.slow
-def test_a_check_tick_that_ends_a_job_and_notifies_matches_the_document(app, emulated, monkeypatch):
-    # Due at once (not FIRST_POLL_DELAY later), and the emulator ends its jobs at once.
-    monkeypatch.setattr("wholeimage.create.FIRST_POLL_DELAY", timedelta(0))
+def test_a_check_tick_that_ends_a_job_and_notifies_matches_the_document(app, emulated):
+    # Due at once (the first poll follows the settings' schedule, 0 s here), and the emulator
+    # ends its jobs at once.
     client = Client(app)
     post_json(client, "/create", ECS_BODY)
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from wholeimage.create import FIRST_POLL_DELAY
 from wholeimage.httputil import RateLimiter
 from wholeimage.poll_backoff import JITTER, PollBackoff
 
@@ -100,8 +99,9 @@ def test_equal_minimum_and_maximum_give_a_fixed_interval_with_upward_jitter_only
 def queries_until_the_end_is_seen(
     backoff: PollBackoff, rng: random.Random, ends_after: timedelta
 ) -> tuple[int, timedelta]:
-    """Simulate polling one job from its first poll on; the count and how late the end is seen."""
-    now = T0 + FIRST_POLL_DELAY
+    """Simulate polling one job from its first poll on (the schedule's shortest wait after its
+    submission, as the create function sets it); the count and how late the end is seen."""
+    now = T0 + timedelta(seconds=backoff.min_interval)
     queries = 0
     while True:
         queries += 1

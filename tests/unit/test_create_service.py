@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import FakeImsClient
+from tests.fakes import FakeImsClient, make_dependencies
 from wholeimage.create import (
     STALE_SUBMISSION,
     CreateOutcome,
@@ -36,6 +36,7 @@ from wholeimage.errors import (
     UpstreamUnavailableError,
 )
 from wholeimage.models import BACKUP_BLOCKING, CreateImageRequest, Job, JobStatus
+from wholeimage.service.jobs import submit
 from wholeimage.store.sqlite import SqliteJobStore
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
@@ -101,7 +102,13 @@ class Bench:
     ims: FakeImsClient
     clock: Clock
 
-    def submit(self, body: dict[str, Any], *, key: str | None) -> CreateOutcome:
+    def submit(
+        self,
+        body: dict[str, Any],
+        *,
+        key: str | None,
+        first_poll_after: timedelta = timedelta(seconds=42),
+    ) -> CreateOutcome:
         return submit_create(
             request_of(body),
             idempotency_key=key,
@@ -109,6 +116,7 @@ class Bench:
             trace="trace-1",
             ims=self.ims,
             store=self.store,
+            first_poll_after=first_poll_after,
             now=self.clock,
         )
 
@@ -140,7 +148,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
 # --- success and replay ---------------------------------------------------------------------
 
 
-def test_a_submission_is_recorded_as_submitted_with_the_ims_job_id_and_a_first_poll_in_ten_seconds(
+def test_a_submission_is_recorded_as_submitted_with_the_ims_job_id_and_its_first_poll_when_asked(
     bench,
 ):
     bench.ims.script.append("ff80808288d41e1b018a4c4f5a2f0e2a")
@@ -152,7 +160,7 @@ def test_a_submission_is_recorded_as_submitted_with_the_ims_job_id_and_a_first_p
     assert job.status is JobStatus.SUBMITTED
     assert job.ims_job_id == "ff80808288d41e1b018a4c4f5a2f0e2a"
     assert job.submitted_at == T0
-    assert job.next_poll_at == T0 + timedelta(seconds=10)
+    assert job.next_poll_at == T0 + timedelta(seconds=42)
     assert job.created_at == T0
     assert job.updated_at == T0
     assert job.idempotency_key == "key-1"
@@ -164,6 +172,30 @@ def test_a_submission_is_recorded_as_submitted_with_the_ims_job_id_and_a_first_p
     # The marker IMS can be asked about later is the job's own request id (docs/reconcile.md).
     assert bench.ims.markers == [job.request_id]
     assert bench.store.get(job.request_id) == job
+
+
+def test_a_first_poll_after_zero_makes_the_new_job_due_at_once(bench):
+    job = bench.submit(ECS_BODY, key=None, first_poll_after=timedelta(0)).job
+
+    assert job.next_poll_at == job.submitted_at == T0
+
+
+@pytest.mark.parametrize(("minimum", "maximum"), [(0, 0), (0, 300), (30, 300), (15, 15)])
+def test_the_create_function_first_polls_after_the_configured_minimum_interval(
+    tmp_path, minimum, maximum
+):
+    # README: WHOLEIMAGE_POLL_MIN_INTERVAL=0 and _MAX_INTERVAL=0 make every job due at every
+    # tick; a fresh job waited a fixed 10 s before (issue 10).
+    deps = make_dependencies(
+        tmp_path, FakeImsClient(), poll_min_interval=minimum, poll_max_interval=maximum
+    )
+    try:
+        job = submit(deps, request_of(ECS_BODY), idempotency_key=None, requested_by=None).job
+    finally:
+        deps.store.close()
+
+    assert job.submitted_at is not None
+    assert job.next_poll_at == job.submitted_at + timedelta(seconds=minimum)
 
 
 def test_the_job_is_recorded_as_submitting_before_ims_is_called(bench):

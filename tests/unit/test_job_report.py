@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from ims_emulator import EmulatedJob, format_time
-from wholeimage.ims.job_report import parse_ims_time, parse_job_report
+from wholeimage.ims.job_report import MAX_FAIL_REASON, parse_ims_time, parse_job_report
+from wholeimage.logs import REDACTED
 from wholeimage.models import JobStatus
 
 SUCCESS_ANSWER: dict[str, Any] = {
@@ -324,3 +325,119 @@ def test_what_ims_reports_is_made_storable_no_nul_no_lone_surrogate_no_control()
     assert len(report.raw_status) <= 64
     assert report.error_code == "IMG.\ufffd0061"
     assert report.fail_reason == "disk full [31m\nsecond line"
+
+
+# --- where a failed job's reason is (docs/ims-api.md §2.1) ---------------------------------------
+
+
+def failed(**changes: Any) -> dict[str, Any]:
+    """A FAIL answer with no error at the top level, as the job model allows."""
+    return answer(
+        **{"status": "FAIL", "error_code": None, "fail_reason": None, "entities": {}, **changes}
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "reason"),
+    [
+        (failed(error_code="IMG.0014", fail_reason="task failed"), "IMG.0014", "task failed"),
+        (
+            failed(entities={"error_code": "IMG.0126", "error": "the ECS is not stopped"}),
+            "IMG.0126",
+            "the ECS is not stopped",
+        ),
+        (
+            failed(
+                entities={"addition_error_code": "CBR.0001", "addition_error_msg": "vault full"}
+            ),
+            "CBR.0001",
+            "vault full",
+        ),
+        (
+            failed(
+                entities={
+                    "sub_jobs_result": [
+                        {"status": "SUCCESS", "job_id": "sub1", "fail_reason": None},
+                        {
+                            "status": "FAIL",
+                            "job_id": "sub2",
+                            "error_code": "IMG.0110",
+                            "fail_reason": "system disk unavailable",
+                        },
+                    ]
+                }
+            ),
+            "IMG.0110",
+            "sub-job sub2: system disk unavailable",
+        ),
+    ],
+    ids=["top-level", "entities.error", "entities.addition_error_msg", "sub_jobs_result"],
+)
+def test_a_failed_jobs_code_and_reason_are_read_wherever_the_job_model_puts_them(
+    body: dict[str, Any], code: str, reason: str
+):
+    report = parse_job_report(body)
+
+    assert report.status is JobStatus.FAIL
+    assert (report.error_code, report.fail_reason) == (code, reason)
+
+
+def test_reasons_found_in_several_places_are_all_kept_in_order_once_each_and_the_first_code_wins():
+    report = parse_job_report(
+        failed(
+            error_code="IMG.0014",
+            fail_reason="task failed",
+            entities={
+                "error_code": "IMG.0126",
+                "error": "the ECS is not stopped",
+                "addition_error_msg": "task failed",
+                "sub_jobs_result": [{"job_id": "s-1", "fail_reason": "disk busy"}],
+            },
+        )
+    )
+
+    assert report.error_code == "IMG.0014"
+    assert report.fail_reason == "task failed | the ECS is not stopped | sub-job s-1: disk busy"
+
+
+@pytest.mark.parametrize(
+    "entities",
+    [
+        {"error": None, "addition_error_msg": "", "sub_jobs_result": None},
+        {"error": "  ", "sub_jobs_result": "broken"},
+        {"sub_jobs_result": [None, 3, "x", {"fail_reason": ""}, {"job_id": "a/b"}]},
+        {"error": 42},
+    ],
+)
+def test_empty_or_malformed_error_places_are_no_reason_and_never_a_crash(entities: Any):
+    report = parse_job_report(failed(entities=entities))
+
+    assert report.error_code is None
+    assert report.fail_reason == ("42" if entities.get("error") == 42 else None)
+
+
+def test_a_sub_job_id_that_is_not_plain_is_left_out_of_the_reason():
+    report = parse_job_report(
+        failed(entities={"sub_jobs_result": [{"job_id": "a\nb c", "fail_reason": "boom"}]})
+    )
+
+    assert report.fail_reason == "sub-job: boom"
+
+
+def test_a_reason_from_any_place_is_made_storable_redacted_and_clipped_as_a_whole():
+    # IMS quoting our signed request back: a credential shape the log filter knows.
+    report = parse_job_report(
+        failed(
+            entities={
+                "error": "bad\u0000request Signature=0123456789abcdef \ud800",
+                "sub_jobs_result": [{"job_id": "s", "fail_reason": "x" * 5000}],
+            }
+        )
+    )
+
+    assert report.fail_reason is not None
+    report.fail_reason.encode("utf-8")  # no lone surrogate
+    assert "\u0000" not in report.fail_reason
+    assert "0123456789abcdef" not in report.fail_reason
+    assert f"Signature={REDACTED}" in report.fail_reason
+    assert len(report.fail_reason) == MAX_FAIL_REASON

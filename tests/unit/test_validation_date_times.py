@@ -4,8 +4,9 @@ jsonschema asserts ``format: date-time`` only when the optional rfc3339-validato
 The test tools bring it (openapi-spec-validator depends on it); a deployment, which installs
 ``requirements.txt`` only, does not. ``wholeimage.validation`` registers its own check, so a time
 the schemas' pattern lets through but the code cannot read (30 February, second 60, year 0, a
-lower-case ``z``, a time in the year 10000 once in UTC) is refused as a 400 in both, never read
-later into a 500 (schemathesis, run against the dev environment, could not see that difference).
+time in the year 10000 once in UTC) is refused as a 400 in both, never read later into a 500
+(schemathesis, run against the dev environment, could not see that difference). What RFC 3339
+allows and the pattern lets through, a lower-case ``t`` and ``z`` among it, is read.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from wholeimage.errors import RequestInvalidError
+from wholeimage.results import JobResult
 from wholeimage.validation import JOB_RESULT_SCHEMA, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +29,6 @@ UNREADABLE = [
     "2026-02-30T00:00:00Z",
     "2026-11-27T10:00:60Z",
     "0000-01-01T00:00:00Z",
-    "2026-11-27t10:00:00z",
     # No date in UTC: rendering a message with one was a 500 (found by issue 9's fuzz test).
     "9999-12-31T23:59:59-23:59",
     "0001-01-01T00:00:00+00:01",
@@ -37,6 +39,9 @@ READABLE = [
     "2026-11-27T10:00:00.1234567+09:30",
     "2024-02-29T23:59:59-05:00",
     "2026-11-27t10:00:00+00:00",
+    # RFC 3339 §5.6: "T" and "Z" may be lower case; notify refused this one (issue 10).
+    "2026-11-27t10:00:00z",
+    "2026-11-27T10:00:00.25z",
 ]
 
 
@@ -55,6 +60,15 @@ def test_a_time_the_code_cannot_read_is_refused_at_its_path(moment):
 @pytest.mark.parametrize("moment", READABLE)
 def test_an_rfc_3339_time_with_an_offset_is_accepted(moment):
     validate(JOB_RESULT_SCHEMA, job_result(moment))
+
+
+@pytest.mark.parametrize("moment", READABLE)
+def test_an_accepted_time_is_read_as_the_instant_it_names(moment):
+    result = JobResult.from_json(job_result(moment))
+
+    upper = moment.upper().replace("Z", "+00:00")
+    assert result.ended_at == datetime.fromisoformat(upper)
+    assert result.ended_at.utcoffset() is not None
 
 
 @pytest.mark.slow

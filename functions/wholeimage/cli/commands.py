@@ -30,7 +30,9 @@ from wholeimage.cli.output import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    VENV_NEXT_STEP,
     Output,
+    missing_package,
 )
 from wholeimage.cli.serve import serve as serve_forever
 from wholeimage.errors import (
@@ -53,6 +55,7 @@ from wholeimage.models import ENDED, OUTSTANDING, Job, JobStatus
 from wholeimage.service.delivery import Redrive, dead_letters, deliver
 from wholeimage.service.jobs import create_request, find_by_any_id, list_jobs, submit
 from wholeimage.service.tick import TickReport, tick
+from wholeimage.settings import get_settings
 
 if TYPE_CHECKING:
     import argparse
@@ -117,7 +120,17 @@ def classify(error: BaseException) -> tuple[int, str] | None:
             return code, next_step.format(retry_after=getattr(error, "retry_after", "a few"))
     if _store_unavailable(error):
         return EXIT_UNAVAILABLE, _STORE_NEXT_STEP
+    if _missing_dependency(error):
+        return EXIT_USAGE, VENV_NEXT_STEP
     return None
+
+
+def _missing_dependency(error: BaseException) -> bool:
+    """A third-party package this Python lacks (psycopg, once PostgreSQL is configured, say)."""
+    return isinstance(error, ModuleNotFoundError) and str(error.name).split(".")[0] not in (
+        "wholeimage",
+        "None",
+    )
 
 
 def _store_unavailable(error: BaseException) -> bool:
@@ -137,6 +150,8 @@ def report(error: BaseException, output: Output, *, next_step: str) -> None:
     """Print ``error`` to stderr: its JSON error body with ``--json``, else words and a next step."""
     if isinstance(error, WholeImageError):
         body = error.body()
+    elif isinstance(error, ModuleNotFoundError):
+        body = missing_package(str(error.name), sys.executable)
     else:
         # The driver's own words, first line only and redacted: they may quote the connection
         # URL, whose password is not among the registered secrets.
@@ -248,8 +263,9 @@ def requested_by() -> str:
 
 def submit_command(args: argparse.Namespace, output: Output) -> int:
     """``submit``: validate, submit to IMS, record; with ``--wait``, follow it to its verdict."""
-    # Validation needs no settings: a bad body is refused even where nothing is configured.
-    request = create_request(body_from(args))
+    # Validation needs only WHOLEIMAGE_CLOUD (its default when unset): a bad body is refused
+    # even where nothing is configured, before the store is opened.
+    request = create_request(body_from(args), cloud=get_settings().cloud)
     deps = dependencies()
     submission = submit(
         deps, request, idempotency_key=args.idempotency_key, requested_by=requested_by()
@@ -468,7 +484,8 @@ def notify_command(args: argparse.Namespace, output: Output) -> int:
         )
         if dead:
             text += "\n\nre-drive them: wholeimage notify --redrive all (or --redrive ID,ID)"
-        output.answer([row.as_json() for row in dead], text)
+        # The body GET ?dead_letters=1 answers (schemas/notify-dead-letters.schema.json).
+        output.answer({"dead_letters": [row.as_json() for row in dead]}, text)
         return EXIT_OK
     redrive = Redrive.parse(args.redrive)
     if args.redrive is not None and redrive is None:

@@ -15,22 +15,33 @@ errors are instant; the commands (``wholeimage.cli.commands``) load once the arg
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
-from wholeimage.cli.output import EXIT_CODES_HELP
+from wholeimage.cli.output import (
+    EXIT_CODES_HELP,
+    EXIT_USAGE,
+    VENV_NEXT_STEP,
+    missing_package,
+)
 from wholeimage.idempotency import IDEMPOTENCY_KEY_RULE, clean_idempotency_key
-from wholeimage.statuses import ENDED, OUTSTANDING, JobStatus
+from wholeimage.statuses import ENDED, OUTSTANDING, UNRESOLVED, JobStatus
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 STATUS_NAMES = tuple(status.value for status in JobStatus)
-# Groups an operator thinks in: the sets the code uses.
+# Groups an operator thinks in. "outstanding" is every job without a verdict yet: the ones
+# check polls (statuses.OUTSTANDING) and the ones whose submission it still has to resolve,
+# which an operator most needs to see.
 STATUS_GROUPS = {
-    "OUTSTANDING": tuple(status.value for status in JobStatus if status in OUTSTANDING),
+    "OUTSTANDING": tuple(
+        status.value for status in JobStatus if status in OUTSTANDING | UNRESOLVED
+    ),
+    "UNRESOLVED": tuple(status.value for status in JobStatus if status in UNRESOLVED),
     "ENDED": tuple(status.value for status in JobStatus if status in ENDED),
 }
 
@@ -57,7 +68,8 @@ def since_moment(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def status_names(text: str) -> list[str]:
-    """One ``--status`` value: a status, a comma list of them, ``outstanding`` or ``ended``.
+    """One ``--status`` value: a status, a comma list of them, ``outstanding``, ``unresolved``
+    or ``ended``.
 
     Raises:
         argparse.ArgumentTypeError: for an unknown name, listing the known ones.
@@ -72,7 +84,7 @@ def status_names(text: str) -> list[str]:
         else:
             raise argparse.ArgumentTypeError(
                 f"unknown status {part.strip()!r}; use {', '.join(STATUS_NAMES)}, "
-                "outstanding or ended"
+                "outstanding, unresolved or ended"
             )
     return names
 
@@ -153,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Each command's parser, by name, for usage errors found after parsing (_contradictions).
+_SUBCOMMANDS: dict[str, argparse.ArgumentParser] = {}
 _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument(
     "--json", action="store_true", help="print JSON for scripts instead of a table"
@@ -166,7 +180,7 @@ def command(
     description: str,
 ) -> argparse.ArgumentParser:
     """One command's parser, with ``--json`` and the exit codes in its help."""
-    return commands.add_parser(
+    parser = commands.add_parser(
         name,
         parents=[_COMMON],
         help=help_text,
@@ -174,6 +188,8 @@ def command(
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _SUBCOMMANDS[name] = parser
+    return parser
 
 
 def _add_submit(commands: _Commands) -> None:
@@ -247,7 +263,9 @@ def _add_list(commands: _Commands) -> None:
         action="append",
         default=[],
         metavar="S",
-        help="only these statuses (repeatable, or a comma list; outstanding and ended too)",
+        help="only these statuses (repeatable, or a comma list); outstanding: every job "
+        "without a verdict yet, unresolved ones included; unresolved: SUBMITTING and "
+        "SUBMIT_UNCERTAIN (IMS may or may not have them); ended: the verdicts",
     )
     listing.add_argument(
         "--since",
@@ -295,11 +313,11 @@ def _add_serve(commands: _Commands) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    # No defaults here (serve applies them): a flag given with --server werkzeug, which has
+    # no workers to set, is refused rather than ignored.
+    serve.add_argument("--workers", type=positive_int, help="gunicorn worker processes (default 1)")
     serve.add_argument(
-        "--workers", type=positive_int, default=1, help="gunicorn worker processes (default 1)"
-    )
-    serve.add_argument(
-        "--threads", type=positive_int, default=8, help="threads per worker (default 8)"
+        "--threads", type=positive_int, help="gunicorn threads per worker (default 8)"
     )
     serve.add_argument(
         "--server",
@@ -314,12 +332,52 @@ def _add_serve(commands: _Commands) -> None:
     )
 
 
+# argparse cannot say "only with" or "not with": without this, a flag that means nothing
+# beside another would be ignored in silence, which misleads whoever typed it.
+def _contradictions(args: argparse.Namespace) -> str | None:
+    """Why the flags given do not go together, or None."""
+    if args.command == "submit" and args.timeout is not None and not args.wait:
+        return "--timeout only applies with --wait (it bounds the wait for the verdict)"
+    if args.command == "notify" and args.dead_letters and args.redrive is not None:
+        return (
+            "--dead-letters and --redrive do not go together: --dead-letters only lists; "
+            "re-drive with --redrive alone"
+        )
+    if args.command == "serve" and args.server == "werkzeug":
+        given = [flag for flag in ("workers", "threads") if getattr(args, flag) is not None]
+        if given:
+            flags = " and ".join(f"--{flag}" for flag in given)
+            return f"{flags} only apply to gunicorn; --server werkzeug runs one threaded process"
+    return None
+
+
+def _missing_package(error: ModuleNotFoundError, *, as_json: bool) -> int:
+    """Say that this Python lacks a dependency (no venv), in one line and a next step."""
+    body = missing_package(str(error.name), sys.executable)
+    if as_json:
+        print(json.dumps(body), file=sys.stderr)
+    else:
+        print(
+            f"error: {body['error']['message']}\nnext: {VENV_NEXT_STEP}  (exit {EXIT_USAGE})",
+            file=sys.stderr,
+        )
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(arguments)
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    contradiction = _contradictions(args)
+    if contradiction is not None:
+        _SUBCOMMANDS[args.command].error(contradiction)  # exits 2, as any usage error
     # Loaded after parsing, so --help and a usage error stay instant (the parser is standard
     # library only; the commands load the whole application).
-    from wholeimage.cli.commands import run  # noqa: PLC0415
-
+    try:
+        from wholeimage.cli.commands import run  # noqa: PLC0415
+    except ModuleNotFoundError as error:
+        if str(error.name).split(".")[0] == "wholeimage":
+            raise  # our own module missing is a broken install: the traceback says which
+        return _missing_package(error, as_json=bool(getattr(args, "json", False)))
     return run(args)

@@ -15,6 +15,25 @@ EXIT_USAGE = 2  # bad arguments, an invalid body, or a setting missing or malfor
 EXIT_UNAVAILABLE = 3  # IMS or the state store is unavailable: retry later
 EXIT_NOT_FOUND = 4  # no tracked job has this id
 
+# Where the project's dependencies are (scripts/setup-venv.sh makes .venv): what a command run
+# by another Python than the venv's lacks.
+VENV_NEXT_STEP = (
+    "run it with the project's virtualenv: .venv/bin/python -m wholeimage ... "
+    "(or '. .venv/bin/activate' first; scripts/setup-venv.sh makes .venv)"
+)
+
+
+def missing_package(name: str, python: str) -> dict[str, Any]:
+    """The error body for a dependency this Python cannot import (a venv not activated)."""
+    return {
+        "error": {
+            "code": "misconfigured",
+            "message": f"the Python package {name!r} is not installed for {python}",
+            "details": [],
+        }
+    }
+
+
 EXIT_CODES_HELP = """\
 exit codes:
   0  ok

@@ -129,13 +129,17 @@ def serve(
     *,
     host: str,
     port: int,
-    workers: int,
-    threads: int,
+    workers: int | None,
+    threads: int | None,
     server: str,
     source: Path | None,
     output: Output,
 ) -> int:
-    """Serve until interrupted; prints where once it listens. Returns the exit code."""
+    """Serve until interrupted; prints where once it listens. Returns the exit code.
+
+    ``workers`` and ``threads`` (gunicorn's; 1 and 8 when None) are what the command line gave:
+    werkzeug has no use for them, so they are named when it serves in gunicorn's stead.
+    """
     app = build_app(source)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     use_gunicorn = server == "gunicorn" or (server == "auto" and HAVE_GUNICORN)
@@ -144,13 +148,18 @@ def serve(
             app,
             host=host,
             port=port,
-            workers=workers,
-            threads=threads,
+            workers=workers or 1,
+            threads=threads or 8,
             ready=lambda: _announce(url, output),
         )
         return 0
-    if workers > 1:
-        print("werkzeug serves with one process; --workers is ignored", file=output.err)
+    given = [f"--{name}" for name, value in (("workers", workers), ("threads", threads)) if value]
+    if given:
+        print(
+            f"gunicorn cannot run here: werkzeug serves with one threaded process, and "
+            f"{' and '.join(given)} do not apply",
+            file=output.err,
+        )
     httpd = make_server(host, port, app, threaded=True)
     _announce(url, output)
     try:

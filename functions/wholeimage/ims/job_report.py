@@ -5,6 +5,13 @@ status, the image id, the progress and the error; IMS's ``begin_time`` and ``end
 kept (``end_time`` is empty while a job runs; the status alone says whether it ended). An unknown
 or missing status is *not* an end: it never counts as success.
 
+The error may be in four places of the job model (docs/ims-api.md §2.1): the top-level
+``error_code``/``fail_reason``, ``entities.error_code``/``entities.error``,
+``entities.addition_error_code``/``entities.addition_error_msg`` and each of
+``entities.sub_jobs_result[]``'s ``error_code``/``fail_reason``. The code is the first one found
+in that order; the reason is every distinct text found, in that order, joined by `` | ``, made
+storable, redacted and clipped to ``MAX_FAIL_REASON`` as a whole.
+
 ``parse_ims_time`` reads IMS's times in either format: ISO 8601 with milliseconds and ``Z``
 (``2024-11-06T06:28:14.425Z``) or, in older deployments, ``04-Jun-2015 18:11:06:586``.
 """
@@ -107,6 +114,50 @@ def _upstream_text(value: Any) -> str | None:
     return redact(text)[:MAX_FAIL_REASON]
 
 
+# Sub-jobs read for a reason: a whole-image job has a few, and the reason is clipped anyway.
+_MAX_SUB_JOBS = 20
+_REASON_SEPARATOR = " | "
+
+
+def _sub_jobs(entities: dict[str, Any]) -> list[dict[str, Any]]:
+    listed = entities.get("sub_jobs_result")
+    if not isinstance(listed, list):
+        return []
+    return [sub for sub in listed[:_MAX_SUB_JOBS] if isinstance(sub, dict)]
+
+
+def _error_code(payload: dict[str, Any], entities: dict[str, Any]) -> str | None:
+    """The first error code of the job's four places (the module docstring)."""
+    candidates = [
+        payload.get("error_code"),
+        entities.get("error_code"),
+        entities.get("addition_error_code"),
+        *(sub.get("error_code") for sub in _sub_jobs(entities)),
+    ]
+    return next((code for code in map(_upstream_text, candidates) if code), None)
+
+
+def _fail_reason(payload: dict[str, Any], entities: dict[str, Any]) -> str | None:
+    """Every distinct failure text of the job's four places, in order (the module docstring)."""
+    parts: list[str] = []
+    texts: list[tuple[str, Any]] = [
+        ("", payload.get("fail_reason")),
+        ("", entities.get("error")),
+        ("", entities.get("addition_error_msg")),
+    ]
+    for sub in _sub_jobs(entities):
+        sub_id = sub.get("job_id")
+        label = f"sub-job {sub_id}: " if _plain_id(sub_id) else "sub-job: "
+        texts.append((label, sub.get("fail_reason")))
+    for label, value in texts:
+        text = _text(value)
+        if text is not None and text not in parts and f"{label}{text}" not in parts:
+            parts.append(f"{label}{text}")
+    if not parts:
+        return None
+    return redact(_REASON_SEPARATOR.join(parts))[:MAX_FAIL_REASON]
+
+
 def _percent(value: Any) -> float | None:
     try:
         number = float(value)
@@ -144,6 +195,6 @@ def parse_job_report(payload: dict[str, Any]) -> JobReport:
         raw_status=raw_status,
         image_id=_plain_id(entities.get("image_id")),
         process_percent=_percent(entities.get("process_percent")),
-        error_code=_upstream_text(payload.get("error_code")),
-        fail_reason=_upstream_text(payload.get("fail_reason")),
+        error_code=_error_code(payload, entities),
+        fail_reason=_fail_reason(payload, entities),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -54,13 +54,14 @@ _MODEL_RULES = {
 _MODEL_RULE = "is not a value this field can hold"
 
 
-def create_request(payload: Any) -> CreateImageRequest:
-    """The create body as our model, once ``schemas/create-request.schema.json`` accepts it.
+def create_request(payload: Any, *, cloud: str) -> CreateImageRequest:
+    """The create body as our model, once ``schemas/create-request.schema.json`` accepts it
+    under the rules of ``cloud`` (``WHOLEIMAGE_CLOUD``: the clouds document some differently).
 
     Raises:
         RequestInvalidError: every failing field, by JSON path.
     """
-    validate(CREATE_REQUEST_SCHEMA, payload)
+    validate(CREATE_REQUEST_SCHEMA, payload, cloud=cloud)
     try:
         return CreateImageRequest.model_validate(payload)
     except ValidationError as exc:
@@ -106,6 +107,9 @@ def submit(
         trace=trace,
         ims=ims_client(deps),
         store=deps.store,
+        # A new job's age is 0, so the schedule's shortest wait applies (poll_backoff):
+        # WHOLEIMAGE_POLL_MIN_INTERVAL=0 makes it due at the next tick.
+        first_poll_after=timedelta(seconds=deps.settings.poll_min_interval),
     )
     return Submission(job=outcome.job, replayed=outcome.replayed)
 

@@ -8,6 +8,7 @@ lock, so instances starting together take turns and each applies only what is mi
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -37,6 +39,22 @@ from wholeimage.store.records import (
 )
 
 MIGRATION_LOCK_KEY = 0x77686F6C65  # "whole": one advisory lock id for all wholeimage instances
+
+# Seconds one connection attempt may take. libpq has no limit by default, so an unreachable
+# database held a call as long as the network stack tried; the URL's own connect_timeout, or
+# libpq's PGCONNECT_TIMEOUT, wins over this.
+CONNECT_TIMEOUT = 5
+# Seconds a call waits for a free pooled connection (busy, or the database gone since).
+POOL_TIMEOUT = 30.0
+
+
+def connect_options(url: str) -> dict[str, Any]:
+    """The options every connection to ``url`` is opened with: a connect timeout, unless the
+    URL or the environment names one."""
+    if "connect_timeout" in conninfo_to_dict(url) or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
 
 # Each migration runs once, in order; the table wholeimage_schema remembers how far we got.
 MIGRATIONS: list[list[str]] = [POSTGRES.migration(step) for step in schema.MIGRATIONS]
@@ -82,16 +100,20 @@ class PostgresJobStore(SqlJobStore[Cursor]):
     def _connections(self) -> ConnectionPool[psycopg.Connection[Any]]:
         with self._lock:
             if self._pool is None:
-                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-                    self._url, min_size=1, max_size=self._max_connections, open=True, timeout=30
+                options = connect_options(self._url)
+                # One direct connection first, for the migrations: a database that cannot be
+                # reached fails here within the connect timeout, with the driver's one error,
+                # rather than after the pool's wait, which retried and logged every attempt.
+                with psycopg.connect(self._url, **options) as connection:
+                    migrate(connection)
+                self._pool = ConnectionPool(
+                    self._url,
+                    min_size=1,
+                    max_size=self._max_connections,
+                    open=True,
+                    timeout=POOL_TIMEOUT,
+                    kwargs=options,
                 )
-                try:
-                    with pool.connection() as connection:
-                        migrate(connection)
-                except BaseException:
-                    pool.close()
-                    raise
-                self._pool = pool
             return self._pool
 
     # --- the primitives ----------------------------------------------------------------------

@@ -76,7 +76,7 @@ def _submit(request: Request, deps: Dependencies) -> Response:
     envelope = read_envelope(request)
     submission = submit(
         deps,
-        create_request(envelope.payload),
+        create_request(envelope.payload, cloud=deps.settings.cloud),
         idempotency_key=envelope.idempotency_key,
         requested_by=envelope.requested_by,
         trace=trace_from_header(
