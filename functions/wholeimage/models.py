@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -28,6 +29,9 @@ __all__ = [
 # key fits both clouds' tag rules (letters, digits, "_"; docs/ims-api.md §1.3) and the schema
 # keeps callers from using it, and keeps one of IMS's 10 tags free for it.
 MARKER_TAG_KEY = "wholeimage_request"
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class TagKeyValue(BaseModel):
@@ -58,9 +62,12 @@ class CreateImageRequest(BaseModel):
     @field_validator("instance_id", "vault_id", "backup_id", "enterprise_project_id")
     @classmethod
     def _lower_case_id(cls, value: str | None) -> str | None:
-        # The schema lets A-F through; one id in two cases must stay one source, or the
-        # one-backup-one-image rule (store.records, BACKUP_BLOCKING) could be sidestepped.
-        return value.lower() if value is not None else None
+        # A UUID in upper case is the same UUID (RFC 9562 §4): one id in two cases must stay
+        # one source, or the one-backup-one-image rule (BACKUP_BLOCKING) could be sidestepped.
+        # Other ids are left as they are: nothing says IMS reads them regardless of case.
+        if value is not None and _UUID.fullmatch(value):
+            return value.lower()
+        return value
 
     @property
     def source_kind(self) -> Literal["ecs", "csbs", "cbr"]:

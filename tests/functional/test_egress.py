@@ -161,6 +161,7 @@ def submitted_a_minute_ago(deps: Dependencies) -> Job:
         ims=ims_client(deps),
         store=deps.store,
         now=lambda: datetime.now(UTC) - timedelta(minutes=1),
+        first_poll_after=timedelta(seconds=10),
     ).job
 
 
@@ -274,6 +275,7 @@ def test_a_proxy_that_refuses_the_tunnel_leaves_the_job_to_the_next_tick(tls_ims
             ims=FakeImsClient(),
             store=deps.store,
             now=lambda: datetime.now(UTC) - timedelta(minutes=1),
+            first_poll_after=timedelta(seconds=10),
         ).job
         answer = tick_through_the_function()
 

@@ -262,6 +262,7 @@ def test_check_polls_and_reconciles_with_the_ticks_credentials(ims, deps_for):
             ims=submitter,
             store=deps.store,
             now=lambda: a_minute_ago,
+            first_poll_after=timedelta(seconds=10),
         ).job
         for index in range(2)
     ]

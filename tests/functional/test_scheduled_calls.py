@@ -203,6 +203,7 @@ class Served:
             ims=self.fake_ims,
             store=self.deps.store,
             now=lambda: datetime.now(UTC) - timedelta(minutes=1),
+            first_poll_after=timedelta(seconds=10),
         ).job
 
     def status_of(self, job: Job) -> JobStatus:
