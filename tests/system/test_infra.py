@@ -729,6 +729,58 @@ def test_the_api_urls_use_the_bound_domain_or_the_debugging_domain_the_group_ena
     assert "debugging domain name" in text
 
 
+# --- who calls the services: Google's OIDC ID tokens, verified by wholeimage ------------------
+
+
+def test_gcp_check_verifies_the_schedulers_id_token_itself() -> None:
+    # Cloud Run's invoker check strips an ID token's signature before the container sees it
+    # (docs/platforms.md §2.3), so the services Google calls with one (local.oidc) turn it off
+    # and carry the audience and the callers' accounts wholeimage verifies it against.
+    gcp = INFRA / "gcp"
+    values = tf_locals(gcp)
+    oidc = values["oidc"]
+    assert set(oidc) == {"check"}  # Cloud Scheduler calls check; nothing here pushes to notify
+    service = tf_resource(gcp, "google_cloud_run_v2_service")
+    assert service["invoker_iam_disabled"] == "${contains(keys(local.oidc), each.key)}"
+    for version in checked_versions("hashicorp/google"):
+        text = documented_text(
+            "hashicorp/google", "google_cloud_run_v2_service", ".invoker_iam_disabled", version
+        )
+        assert "Disables IAM permission check for run.routes.invoke" in text, version
+    # Both settings or neither (wholeimage refuses one alone), on exactly those services.
+    settings = values["service_settings"]
+    assert "for name in keys(local.services)" in settings
+    assert (
+        "contains(keys(local.oidc), name) ? {WHOLEIMAGE_OIDC_AUDIENCE = local.oidc[name].audience,"
+        ' WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS = join(",", local.oidc[name].accounts)} : {}'
+    ) in settings
+    assert {"WHOLEIMAGE_OIDC_AUDIENCE", "WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS"} <= known_settings()
+    (container,) = service["template"][0]["containers"]
+    env_sources = [next(iter(d.values()))["for_each"] for d in container["dynamic"]]
+    assert "${local.service_settings[each.key]}" in env_sources
+    # The scheduler's token: its own account, one of check's, for check's audience.
+    job = tf_resource(gcp, "google_cloud_scheduler_job")
+    target = tf_value(job, "http_target")
+    assert target["uri"] == '${google_cloud_run_v2_service.function["check"].uri}'
+    (token,) = target["oidc_token"]
+    assert token["audience"] == '${local.oidc["check"].audience}'
+    assert token["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert oidc["check"]["accounts"] == [token["service_account_email"]]
+    # The audience is check's deterministic URL, https://SERVICE-PROJECT_NUMBER.REGION.run.app,
+    # known before the service exists (its own uri would be a cycle).
+    name = service["name"].replace("${each.key}", "check")
+    assert service["location"] == "${var.region}"
+    assert oidc["check"]["audience"] == (
+        f"https://{name}-${{data.google_project.this.number}}.${{var.region}}.run.app"
+    )
+    # No API token in the job (its configuration and the state would hold it), no IAM role.
+    assert not [h for h in target.get("headers", {}) if h.lower() == "x-api-token"]
+    assert "random_password" not in json.dumps(job)
+    bindings = values["invoker_bindings"]
+    assert '"check/' not in bindings
+    assert "google_service_account.scheduler" not in bindings
+
+
 def dynamic_content(body: dict[str, Any]) -> dict[str, Any]:
     """A body with its dynamic blocks spelled out as plain blocks (their content)."""
     out: dict[str, Any] = {}
