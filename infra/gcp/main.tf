@@ -67,6 +67,9 @@ locals {
       WHOLEIMAGE_REGION     = var.ims_region
       WHOLEIMAGE_PROJECT_ID = var.ims_project_id
       WHOLEIMAGE_LOG_LEVEL  = var.log_level
+      # Cloud Run sets no X-CFF-* credential headers, and check now admits callers without IAM:
+      # never read them (docs/platform-credentials.md §2).
+      WHOLEIMAGE_PLATFORM_CREDENTIALS = "off"
     },
     var.ims_endpoint == "" ? {} : { WHOLEIMAGE_IMS_ENDPOINT = var.ims_endpoint },
   )

@@ -755,6 +755,8 @@ def test_gcp_check_verifies_the_schedulers_id_token_itself() -> None:
         ' WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS = join(",", local.oidc[name].accounts)} : {}'
     ) in settings
     assert {"WHOLEIMAGE_OIDC_AUDIENCE", "WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS"} <= known_settings()
+    # Cloud Run sets no X-CFF-* headers: wholeimage never reads them there.
+    assert 'WHOLEIMAGE_PLATFORM_CREDENTIALS = "off"' in values["settings"]
     (container,) = service["template"][0]["containers"]
     env_sources = [next(iter(d.values()))["for_each"] for d in container["dynamic"]]
     assert "${local.service_settings[each.key]}" in env_sources
