@@ -48,7 +48,8 @@ locals {
   # The services Google's own callers reach with an OIDC ID token, which wholeimage verifies
   # (WHOLEIMAGE_OIDC_AUDIENCE, WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS; docs/platforms.md §2): only
   # check, called by Cloud Scheduler (no Pub/Sub push here). Cloud Run's own invoker check is off
-  # on them, since it would strip the token's signature before wholeimage sees it (§2.3).
+  # on them, since it would strip the token's signature before wholeimage sees it
+  # (docs/platforms.md §2.3).
   # The audience is check's deterministic URL, https://SERVICE-PROJECT_NUMBER.REGION.run.app
   # (Cloud Run, "Deterministic URL"): known before the service exists, so the service can carry
   # it without a cycle (its own uri would be one). Only the scheduler and wholeimage compare it,
