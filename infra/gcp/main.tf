@@ -1,13 +1,15 @@
 # wholeimage on Google Cloud: three Cloud Run services from one image (infra/Dockerfile), check
-# called by Cloud Scheduler with an OIDC token, secrets from Secret Manager, optional Cloud SQL.
+# called by Cloud Scheduler with an OIDC ID token that wholeimage verifies itself, secrets from
+# Secret Manager, optional Cloud SQL.
 #
 # Every argument below is one the pinned provider documents (versions.tf); the page of each
 # resource is named above it. tests/system/test_infra.py checks them against those pages, frozen
 # in tests/data/infra/provider-docs.json (no provider can be downloaded where the tests run).
 
 locals {
+  # cloudresourcemanager: data.google_project reads the project number through it.
   apis = concat(
-    ["run.googleapis.com", "secretmanager.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com"],
+    ["run.googleapis.com", "secretmanager.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com", "cloudresourcemanager.googleapis.com"],
     var.enable_cloud_sql ? ["sqladmin.googleapis.com"] : [],
   )
 
@@ -43,6 +45,22 @@ locals {
     }
   }
 
+  # The services Google's own callers reach with an OIDC ID token, which wholeimage verifies
+  # (WHOLEIMAGE_OIDC_AUDIENCE, WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS; docs/platforms.md §2): only
+  # check, called by Cloud Scheduler (no Pub/Sub push here). Cloud Run's own invoker check is off
+  # on them, since it would strip the token's signature before wholeimage sees it
+  # (docs/platforms.md §2.3).
+  # The audience is check's deterministic URL, https://SERVICE-PROJECT_NUMBER.REGION.run.app
+  # (Cloud Run, "Deterministic URL"): known before the service exists, so the service can carry
+  # it without a cycle (its own uri would be one). Only the scheduler and wholeimage compare it,
+  # so it holds even where Cloud Run assigns no such URL (a DNS label over 63 characters).
+  oidc = {
+    check = {
+      audience = "https://${var.name_prefix}-check-${data.google_project.this.number}.${var.region}.run.app"
+      accounts = [google_service_account.scheduler.email]
+    }
+  }
+
   settings = merge(
     var.extra_settings,
     {
@@ -50,9 +68,23 @@ locals {
       WHOLEIMAGE_REGION     = var.ims_region
       WHOLEIMAGE_PROJECT_ID = var.ims_project_id
       WHOLEIMAGE_LOG_LEVEL  = var.log_level
+      # Cloud Run sets no X-CFF-* credential headers, and check now admits callers without IAM:
+      # never read them (docs/platform-credentials.md §2).
+      WHOLEIMAGE_PLATFORM_CREDENTIALS = "off"
     },
     var.ims_endpoint == "" ? {} : { WHOLEIMAGE_IMS_ENDPOINT = var.ims_endpoint },
   )
+
+  # Per service: the settings above, and the OIDC pair on the services in local.oidc.
+  service_settings = {
+    for name in keys(local.services) : name => merge(
+      local.settings,
+      contains(keys(local.oidc), name) ? {
+        WHOLEIMAGE_OIDC_AUDIENCE         = local.oidc[name].audience
+        WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS = join(",", local.oidc[name].accounts)
+      } : {},
+    )
+  }
 
   secret_access = merge([
     for service, spec in local.services : {
@@ -60,14 +92,22 @@ locals {
     }
   ]...)
 
-  # Keys are known at plan time (the scheduler's e-mail is not): one binding per caller.
+  # Keys are known at plan time: one binding per caller. check has none: its invoker check is
+  # off, and wholeimage admits the scheduler by its ID token.
   invoker_bindings = merge(
-    { "check/scheduler" = { service = "check", member = "serviceAccount:${google_service_account.scheduler.email}" } },
     { for member in var.create_invokers : "create/${member}" => { service = "create", member = member } },
     { for member in var.notify_invokers : "notify/${member}" => { service = "notify", member = member } },
   )
 
   cloud_sql_connection = var.enable_cloud_sql ? google_sql_database_instance.state[0].connection_name : null
+}
+
+# The project number, for check's deterministic URL (local.oidc). Read after the APIs are enabled.
+# https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/data-sources/project
+data "google_project" "this" {
+  project_id = var.project_id
+
+  depends_on = [google_project_service.apis]
 }
 
 # https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/google_project_service
@@ -90,7 +130,7 @@ resource "google_service_account" "function" {
 # https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/google_service_account
 resource "google_service_account" "scheduler" {
   account_id   = "${var.name_prefix}-scheduler"
-  display_name = "wholeimage Cloud Scheduler caller of check"
+  display_name = "wholeimage Cloud Scheduler caller of check (OIDC, verified by wholeimage)"
 }
 
 # https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/secret_manager_secret
@@ -116,8 +156,8 @@ resource "google_secret_manager_secret_iam_member" "access" {
   member    = "serviceAccount:${google_service_account.function[each.value.service].email}"
 }
 
-# The API token: generated, kept in Secret Manager, sent by the scheduler in X-Api-Token (its
-# Authorization header carries the OIDC token Cloud Run checks).
+# The API token: generated, kept in Secret Manager, for the callers of create and notify (and of
+# check, besides the scheduler). The scheduler sends none: its OIDC ID token is enough.
 # https://registry.terraform.io/providers/hashicorp/random/3.9.0/docs/resources/password
 resource "random_password" "api_token" {
   length  = 48
@@ -136,8 +176,12 @@ resource "google_cloud_run_v2_service" "function" {
 
   name                = "${var.name_prefix}-${each.key}"
   location            = var.region
-  ingress             = "INGRESS_TRAFFIC_ALL" # callers are authenticated by IAM (run.invoker) and the API token
+  ingress             = "INGRESS_TRAFFIC_ALL" # callers are authenticated by IAM (run.invoker) or by wholeimage itself (local.oidc)
   deletion_protection = var.deletion_protection
+  # Off where wholeimage verifies the ID tokens itself: Cloud Run's check would strip their
+  # signature (docs/platforms.md §2.3). Those services admit only the API token and the tokens of
+  # WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS.
+  invoker_iam_disabled = contains(keys(local.oidc), each.key)
 
   template {
     service_account = google_service_account.function[each.key].email
@@ -171,7 +215,7 @@ resource "google_cloud_run_v2_service" "function" {
       }
 
       dynamic "env" {
-        for_each = local.settings
+        for_each = local.service_settings[each.key]
         content {
           name  = env.key
           value = env.value
@@ -228,7 +272,8 @@ resource "google_cloud_run_v2_service_iam_member" "invoker" {
   member   = each.value.member
 }
 
-# check every minute: POST with an OIDC token for Cloud Run and the API token in X-Api-Token.
+# check every minute: POST with an OIDC ID token for the audience wholeimage expects, and no
+# other credential (the API token would sit in the job's configuration and in the state).
 # No retries: the next tick comes anyway, and an overlapping retry only finds leased jobs.
 # https://registry.terraform.io/providers/hashicorp/google/7.45.0/docs/resources/cloud_scheduler_job
 resource "google_cloud_scheduler_job" "check" {
@@ -247,18 +292,15 @@ resource "google_cloud_scheduler_job" "check" {
     http_method = "POST"
     uri         = google_cloud_run_v2_service.function["check"].uri
     headers = {
-      "X-Api-Token"  = random_password.api_token.result
       "Content-Type" = "application/json"
     }
     body = base64encode("{}")
 
     oidc_token {
       service_account_email = google_service_account.scheduler.email
-      audience              = google_cloud_run_v2_service.function["check"].uri
+      audience              = local.oidc["check"].audience
     }
   }
-
-  depends_on = [google_cloud_run_v2_service_iam_member.invoker]
 }
 
 # Optional state store: Cloud SQL for PostgreSQL, reached over the Cloud SQL connector's unix

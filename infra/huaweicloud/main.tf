@@ -11,10 +11,14 @@ locals {
   # create and notify sit behind the API Gateway; check has only its timer, whose event arrives
   # as an HTTP POST that check reads and ignores. concurrency_num applies to "http" and
   # "Custom Image" functions of FunctionGraph v2 (fgs_function docs); check runs one tick at once.
+  # auth_in_header: FunctionGraph hands each request the agency's temporary AK/SK and security
+  # token in X-CFF-* headers ("Include Keys", enable_auth_in_header), which sign its IMS calls
+  # (docs/platform-credentials.md). create has them; notify never calls IMS; check only with
+  # check_auth_in_header, since no documentation says a timer delivers them (README).
   functions = {
-    create = { timeout = var.http_timeout, concurrency = var.concurrency, api_path = "/create" }
-    notify = { timeout = var.http_timeout, concurrency = var.concurrency, api_path = "/notify" }
-    check  = { timeout = var.check_timeout, concurrency = 1, api_path = null }
+    create = { timeout = var.http_timeout, concurrency = var.concurrency, api_path = "/create", auth_in_header = true }
+    notify = { timeout = var.http_timeout, concurrency = var.concurrency, api_path = "/notify", auth_in_header = false }
+    check  = { timeout = var.check_timeout, concurrency = 1, api_path = null, auth_in_header = var.check_auth_in_header }
   }
 
   agency_name = var.agency_name != "" ? var.agency_name : huaweicloud_identity_agency.functiongraph[0].name
@@ -42,12 +46,14 @@ locals {
   })
 
   # Secrets go to encrypted_user_data: FunctionGraph stores them encrypted and masks them.
-  # Each function gets only the secrets it uses: notify never calls IMS (no AK/SK), create never
-  # notifies (no webhook URL). check gets no WHOLEIMAGE_API_TOKEN: only its timer can invoke it
-  # (it has no APIG trigger), and a timer sends no Authorization header. An empty value (no
-  # webhook_url) is left out.
+  # Each function gets only the secrets it uses: create signs its IMS calls with the agency's
+  # temporary keys from the request headers (no AK/SK: a static credential would override them),
+  # notify never calls IMS, create never notifies (no webhook URL). check gets the AK/SK unless
+  # check_auth_in_header, and no WHOLEIMAGE_API_TOKEN: only its timer can invoke it (it has no
+  # APIG trigger), and a timer sends no Authorization header. An empty value (no webhook_url, no
+  # AK/SK) is left out.
   secret_names = {
-    create = ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL"]
+    create = ["WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL"]
     check  = ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "WHOLEIMAGE_STATE_URL", "WHOLEIMAGE_WEBHOOK_URL"]
     notify = ["WHOLEIMAGE_API_TOKEN", "WHOLEIMAGE_STATE_URL", "WHOLEIMAGE_WEBHOOK_URL"]
   }
@@ -72,8 +78,10 @@ locals {
   api_domain = var.apig_domain != "" ? var.apig_domain : local.apig_subdomain
 }
 
-# The agency FunctionGraph works with: pulls the image from SWR and, with enable_rds, attaches
-# the functions to the VPC. It grants wholeimage's code nothing (see the README: credentials).
+# The agency FunctionGraph works with: pulls the image from SWR, with enable_rds attaches the
+# functions to the VPC, and makes the temporary keys create (and check with
+# check_auth_in_header) sign their IMS calls with, so it holds the image permissions in the
+# region's project too (agency_image_roles; README: credentials).
 # The delegated party is the FunctionGraph service, op_svc_cff, given as the documented
 # delegated_domain_name (the API's trust_domain_name).
 # https://registry.terraform.io/providers/huaweicloud/huaweicloud/1.97.1/docs/resources/identity_agency
@@ -86,7 +94,7 @@ resource "huaweicloud_identity_agency" "functiongraph" {
 
   project_role {
     project = var.region
-    roles   = var.enable_rds ? ["SWR Admin", "VPC Administrator"] : ["SWR Admin"]
+    roles   = concat(["SWR Admin"], var.agency_image_roles, var.enable_rds ? ["VPC Administrator"] : [])
   }
 
   lifecycle {
@@ -113,6 +121,7 @@ resource "huaweicloud_fgs_function" "wholeimage" {
   timeout               = each.value.timeout
   max_instance_num      = tostring(var.max_instances)
   concurrency_num       = each.value.concurrency
+  enable_auth_in_header = each.value.auth_in_header
 
   # The image's own CMD runs: functions-framework --source functions/main.py --target $FUNCTION_TARGET
   custom_image {
@@ -134,6 +143,12 @@ resource "huaweicloud_fgs_function" "wholeimage" {
     precondition {
       condition     = var.enable_rds || startswith(var.state_url, "postgresql://")
       error_message = "Set enable_rds, or state_url to a postgresql:// URL: FunctionGraph instances share no disk for SQLite."
+    }
+    # check polls IMS with the AK/SK, or with the headers alone: a static credential given
+    # beside the headers would override them (docs/platform-credentials.md §1).
+    precondition {
+      condition     = each.key != "check" || (var.check_auth_in_header ? var.access_key == "" && var.secret_key == "" : var.access_key != "" && var.secret_key != "")
+      error_message = "check needs access_key and secret_key, or check_auth_in_header = true with neither."
     }
   }
 }

@@ -19,7 +19,7 @@ output "function_urns" {
 }
 
 output "agency_name" {
-  description = "Agency the functions run with (pulls the image, joins the VPC)."
+  description = "Agency the functions run with (pulls the image, joins the VPC, and makes the temporary keys create calls IMS with)."
   value       = local.agency_name
 }
 

@@ -36,7 +36,7 @@ variable "app" {
 }
 
 variable "agency_name" {
-  description = "Existing agency delegated to FunctionGraph (op_svc_cff) to use instead of the one this configuration creates; empty creates one."
+  description = "Existing agency delegated to FunctionGraph (op_svc_cff) to use instead of the one this configuration creates; it must hold SWR Admin and the image roles (agency_image_roles) itself. Empty creates one."
   type        = string
   default     = ""
 }
@@ -109,15 +109,29 @@ variable "check_schedule" {
 }
 
 variable "access_key" {
-  description = "AK of the IAM user whose permissions make and read the images (IMS, ECS read, CBR): becomes HUAWEICLOUD_SDK_AK, in encrypted environment variables."
+  description = "AK of the IAM user check polls IMS with (IMS job and image reads): becomes check's HUAWEICLOUD_SDK_AK, in encrypted environment variables. Needed unless check_auth_in_header; create never gets it (it uses the agency's temporary keys)."
   type        = string
   sensitive   = true
+  default     = ""
 }
 
 variable "secret_key" {
-  description = "SK of that IAM user: becomes HUAWEICLOUD_SDK_SK, in encrypted environment variables."
+  description = "SK of that IAM user: becomes check's HUAWEICLOUD_SDK_SK, in encrypted environment variables. Needed unless check_auth_in_header."
   type        = string
   sensitive   = true
+  default     = ""
+}
+
+variable "check_auth_in_header" {
+  description = "Give check the agency's temporary keys in request headers (enable_auth_in_header) instead of access_key/secret_key. No documentation says a timer delivers them (README, credentials): without them every tick answers 500 misconfigured."
+  type        = bool
+  default     = false
+}
+
+variable "agency_image_roles" {
+  description = "System roles or policies the created agency gets in the region's project for the images, beside SWR Admin (and VPC Administrator with enable_rds): what create's temporary keys may do."
+  type        = list(string)
+  default     = ["IMS FullAccess", "ECS ReadOnlyAccess", "CBR FullAccess"]
 }
 
 variable "api_token" {

@@ -245,7 +245,9 @@ def test_notify_gets_no_ims_credentials_anywhere() -> None:
     ims_credentials = {"HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK"}
     names = tf_locals(INFRA / "huaweicloud")["secret_names"]
     assert set(names) == served_targets()
-    assert ims_credentials <= set(names["create"]) & set(names["check"])
+    # On FunctionGraph only check may get them: create signs with the agency's temporary keys
+    # (test_huawei_create_signs_with_the_agencys_temporary_keys_in_the_headers).
+    assert ims_credentials <= set(names["check"])
     assert not ims_credentials & set(names["notify"])
     gcp = tf_locals(INFRA / "gcp")
     secret_setting = gcp["secrets"]  # merge({...}, ...): the literal names are in the expression
@@ -727,6 +729,124 @@ def test_the_api_urls_use_the_bound_domain_or_the_debugging_domain_the_group_ena
         "huaweicloud/huaweicloud", "huaweicloud_apig_group", "domain_access_enabled"
     )
     assert "debugging domain name" in text
+
+
+# --- who calls the services: Google's OIDC ID tokens, verified by wholeimage ------------------
+
+
+def test_gcp_check_verifies_the_schedulers_id_token_itself() -> None:
+    # Cloud Run's invoker check strips an ID token's signature before the container sees it
+    # (docs/platforms.md §2.3), so the services Google calls with one (local.oidc) turn it off
+    # and carry the audience and the callers' accounts wholeimage verifies it against.
+    gcp = INFRA / "gcp"
+    values = tf_locals(gcp)
+    oidc = values["oidc"]
+    assert set(oidc) == {"check"}  # Cloud Scheduler calls check; nothing here pushes to notify
+    service = tf_resource(gcp, "google_cloud_run_v2_service")
+    assert service["invoker_iam_disabled"] == "${contains(keys(local.oidc), each.key)}"
+    for version in checked_versions("hashicorp/google"):
+        text = documented_text(
+            "hashicorp/google", "google_cloud_run_v2_service", ".invoker_iam_disabled", version
+        )
+        assert "Disables IAM permission check for run.routes.invoke" in text, version
+    # Both settings or neither (wholeimage refuses one alone), on exactly those services.
+    settings = values["service_settings"]
+    assert "for name in keys(local.services)" in settings
+    assert (
+        "contains(keys(local.oidc), name) ? {WHOLEIMAGE_OIDC_AUDIENCE = local.oidc[name].audience,"
+        ' WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS = join(",", local.oidc[name].accounts)} : {}'
+    ) in settings
+    assert {"WHOLEIMAGE_OIDC_AUDIENCE", "WHOLEIMAGE_OIDC_SERVICE_ACCOUNTS"} <= known_settings()
+    # Cloud Run sets no X-CFF-* headers: wholeimage never reads them there.
+    assert 'WHOLEIMAGE_PLATFORM_CREDENTIALS = "off"' in values["settings"]
+    (container,) = service["template"][0]["containers"]
+    env_sources = [next(iter(d.values()))["for_each"] for d in container["dynamic"]]
+    assert "${local.service_settings[each.key]}" in env_sources
+    # The scheduler's token: its own account, one of check's, for check's audience.
+    job = tf_resource(gcp, "google_cloud_scheduler_job")
+    target = tf_value(job, "http_target")
+    assert target["uri"] == '${google_cloud_run_v2_service.function["check"].uri}'
+    (token,) = target["oidc_token"]
+    assert token["audience"] == '${local.oidc["check"].audience}'
+    assert token["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert oidc["check"]["accounts"] == [token["service_account_email"]]
+    # The audience is check's deterministic URL, https://SERVICE-PROJECT_NUMBER.REGION.run.app,
+    # known before the service exists (its own uri would be a cycle).
+    name = service["name"].replace("${each.key}", "check")
+    assert service["location"] == "${var.region}"
+    assert oidc["check"]["audience"] == (
+        f"https://{name}-${{data.google_project.this.number}}.${{var.region}}.run.app"
+    )
+    # No API token in the job (its configuration and the state would hold it), no IAM role.
+    assert not [h for h in target.get("headers", {}) if h.lower() == "x-api-token"]
+    assert "random_password" not in json.dumps(job)
+    bindings = values["invoker_bindings"]
+    assert '"check/' not in bindings
+    assert "google_service_account.scheduler" not in bindings
+
+
+def static_ims_credentials(names: set[str]) -> bool:
+    """Whether an environment with these names holds a static IMS credential, by the code's rule
+    (then wholeimage never reads the platform's credential headers)."""
+    given: dict[str, Any] = {
+        field: "x" for field in Settings.model_fields if set(variable_names(field)) & names
+    }
+    return Settings.model_construct(**given).has_static_credentials()
+
+
+def test_huawei_create_signs_with_the_agencys_temporary_keys_in_the_headers() -> None:
+    # FunctionGraph hands a request the agency's temporary AK/SK and security token in X-CFF-*
+    # headers with enable_auth_in_header ("Include Keys"); wholeimage signs that request's IMS
+    # calls with them only when no static credential is configured (docs/platform-credentials.md).
+    huawei = INFRA / "huaweicloud"
+    values = tf_locals(huawei)
+    function = tf_resource(huawei, "huaweicloud_fgs_function")
+    assert function["agency"] == "${local.agency_name}"
+    assert function["enable_auth_in_header"] == "${each.value.auth_in_header}"
+    functions = values["functions"]
+    assert functions["create"]["auth_in_header"] is True
+    assert functions["notify"]["auth_in_header"] is False  # notify never calls IMS
+    # check: no documentation says a timer delivers the headers, so the AK/SK by default.
+    assert functions["check"]["auth_in_header"] == "${var.check_auth_in_header}"
+    assert variable_default(huawei, "${var.check_auth_in_header}") is False
+    for version in checked_versions("huaweicloud/huaweicloud"):
+        text = documented_text(
+            "huaweicloud/huaweicloud", "huaweicloud_fgs_function", ".enable_auth_in_header", version
+        )
+        assert "authentication in the request header is enabled" in text, version
+        text = documented_text(
+            "huaweicloud/huaweicloud", "huaweicloud_fgs_function", ".agency", version
+        )
+        assert "mandatory if the function needs to access other cloud services" in text, version
+    # What create's environment holds: the plain settings and its secrets, no static credential.
+    assert (
+        function["user_data"]
+        == "${jsonencode(merge(local.settings, {FUNCTION_TARGET = each.key}))}"
+    )
+    assert function["encrypted_user_data"] == "${jsonencode(local.secrets[each.key])}"
+    plain = set(re.findall(r"\b([A-Z][A-Z0-9_]*) =", values["settings"])) | {"FUNCTION_TARGET"}
+    secret_names = values["secret_names"]
+    assert not static_ims_credentials(plain | set(secret_names["create"]))
+    assert static_ims_credentials(plain | set(secret_names["check"]))  # unless left empty
+    secret_values = values["secret_values"]
+    assert secret_values["HUAWEICLOUD_SDK_AK"] == "${var.access_key}"
+    assert secret_values["HUAWEICLOUD_SDK_SK"] == "${var.secret_key}"
+    variables = tf_blocks(huawei, "variable")
+    assert variables["access_key"]["default"] == variables["secret_key"]["default"] == ""
+    # check gets exactly one of the two: the AK/SK, or the headers with neither.
+    (lifecycle,) = function["lifecycle"]
+    conditions = [p["condition"] for p in lifecycle["precondition"]]
+    assert (
+        '${each.key != "check" || (var.check_auth_in_header ? var.access_key == "" && '
+        'var.secret_key == "" : var.access_key != "" && var.secret_key != "")}'
+    ) in conditions
+    # The agency's keys may make the images: IMS, ECS reads, CBR, in the region's project.
+    agency = tf_resource(huawei, "huaweicloud_identity_agency")
+    role = tf_value(agency, "project_role")
+    assert role["project"] == "${var.region}"
+    assert role["roles"].startswith('${concat(["SWR Admin"], var.agency_image_roles,')
+    image_roles = variables["agency_image_roles"]["default"]
+    assert {"IMS FullAccess", "ECS ReadOnlyAccess", "CBR FullAccess"} <= set(image_roles)
 
 
 def dynamic_content(body: dict[str, Any]) -> dict[str, Any]:
