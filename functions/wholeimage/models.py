@@ -17,6 +17,8 @@ __all__ = [
     "ENDED",
     "MARKER_TAG_KEY",
     "OUTSTANDING",
+    "POLICY_TAG_KEY",
+    "SOURCE_TAG_KEY",
     "CreateImageRequest",
     "Job",
     "JobStatus",
@@ -29,6 +31,10 @@ __all__ = [
 # key fits both clouds' tag rules (letters, digits, "_"; docs/ims-api.md §1.3) and the schema
 # keeps callers from using it, and keeps one of IMS's 10 tags free for it.
 MARKER_TAG_KEY = "wholeimage_request"
+# The tags every image of a lifecycle policy carries besides the marker: the policy's name and
+# the source's instance id. Retention deletes only images IMS lists with both (docs/policies.md).
+POLICY_TAG_KEY = "wholeimage_policy"
+SOURCE_TAG_KEY = "wholeimage_source"
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

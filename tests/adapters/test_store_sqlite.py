@@ -129,7 +129,14 @@ def test_the_schema_is_created_on_first_use_not_on_construction(tmp_path):
 
         assert path.exists()
         tables = query(path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        assert tables == [("jobs",), ("notifications",)]
+        assert tables == [
+            ("image_deletions",),
+            ("jobs",),
+            ("notifications",),
+            ("policies",),
+            ("policy_items",),
+            ("policy_runs",),
+        ]
         assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     finally:
         job_store.close()

@@ -21,11 +21,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from wholeimage.errors import SubmissionInProgressError
 from wholeimage.models import Job, JobStatus
 from wholeimage.store.dialect import Dialect
+from wholeimage.store.policy_store import PolicyStoreMixin
 from wholeimage.store.records import (
     BACKUP_BLOCKING_SQL,
     BACKUP_KINDS,
@@ -119,7 +120,7 @@ class DuplicateKeyError(Exception):
     """A write broke a unique constraint (the adapters' translation of their engine's error)."""
 
 
-class SqlJobStore(ABC, Generic[Handle]):
+class SqlJobStore(PolicyStoreMixin[Handle], ABC):
     """``JobStore`` over SQL; see the module docstring for what an adapter supplies."""
 
     dialect: ClassVar[Dialect]

@@ -135,6 +135,82 @@ NOTIFICATIONS = Table(
 )
 
 
+# Lifecycle policies (docs/policies.md): the policy documents and their state, each slot's run,
+# the run's item per source (its create job), and the images retention deletes.
+POLICIES = Table(
+    "policies",
+    (
+        _text("name", primary_key=True),
+        _text("document", not_null=True),
+        Column("enabled", Type.INTEGER, not_null=True, default="1"),
+        Column("paused", Type.INTEGER, not_null=True, default="0"),
+        _text("paused_reason"),
+        _count("failures"),
+        _real("next_slot_at"),
+        _real("last_slot_at"),
+        _text("lease_owner"),
+        _real("lease_expires_at"),
+        _real("created_at", not_null=True),
+        _real("updated_at", not_null=True),
+    ),
+)
+
+POLICY_RUNS = Table(
+    "policy_runs",
+    (
+        _text("run_id", primary_key=True),
+        _text("policy", not_null=True),
+        _real("slot_at", not_null=True),
+        _count("skipped"),
+        _real("skipped_first"),
+        _text("state", not_null=True),
+        _text("paused_reason"),
+        _real("created_at", not_null=True),
+        _real("reported_at"),
+    ),
+)
+
+POLICY_ITEMS = Table(
+    "policy_items",
+    (
+        _text("item_id", primary_key=True),
+        _text("run_id", not_null=True),
+        _text("policy", not_null=True),
+        _text("source_id", not_null=True),
+        _text("request_id"),
+        _text("state", not_null=True),
+        _text("image_name", not_null=True),
+        _text("image_id"),
+        _text("error_code"),
+        _text("detail"),
+        _real("created_at", not_null=True),
+        _real("updated_at", not_null=True),
+    ),
+)
+
+IMAGE_DELETIONS = Table(
+    "image_deletions",
+    (
+        _text("image_id", primary_key=True),
+        _text("policy", not_null=True),
+        _text("source_id", not_null=True),
+        _text("run_id", not_null=True),
+        _text("image_name", not_null=True),
+        Column("delete_backup", Type.INTEGER, not_null=True),
+        _text("reason", not_null=True),
+        _text("state", not_null=True),
+        _count("attempts"),
+        _real("next_attempt_at", not_null=True),
+        _real("sent_at"),
+        _text("lease_owner"),
+        _real("lease_expires_at"),
+        _text("last_error"),
+        _real("created_at", not_null=True),
+        _real("ended_at"),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Statement:
     """A data change a migration makes, in SQL both engines read alike."""
@@ -179,5 +255,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         Statement(
             f"UPDATE jobs SET error_code = '{NO_MARKER_CODE}' WHERE status IN ({UNRESOLVED_SQL})"
         ),
+    ),
+    # Lifecycle policies: a tick finds due policies, open items and due deletions through
+    # partial indexes, so a thousand policies with nothing due cost one index probe each.
+    (
+        POLICIES,
+        Index("policies_due", "policies", ("next_slot_at",), where="enabled = 1 AND paused = 0"),
+        POLICY_RUNS,
+        Index("policy_runs_open", "policy_runs", ("created_at",), where="state <> 'REPORTED'"),
+        POLICY_ITEMS,
+        Index("policy_items_run", "policy_items", ("run_id",)),
+        Index("policy_items_open", "policy_items", ("request_id",), where="state = 'CREATING'"),
+        IMAGE_DELETIONS,
+        Index(
+            "image_deletions_due",
+            "image_deletions",
+            ("next_attempt_at",),
+            where="state IN ('PENDING', 'SENT')",
+        ),
+        Index("image_deletions_run", "image_deletions", ("run_id",)),
     ),
 )
