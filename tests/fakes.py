@@ -27,6 +27,15 @@ class FakeImsClient:
 
     ``images`` answers ``find_whole_images`` by marker value; ``lookup_script`` (exceptions
     or image lists) comes first, one entry per call.
+
+    Deleting (docs/ims-api.md §2.6): ``delete_image`` records ``(image_id, delete_backup)`` in
+    ``deleted`` and takes the next ``delete_script`` entry: an exception to raise, or ``None``
+    (and, once the script runs out, always) for a 204. A 204 removes the image from ``by_id``
+    and ``tagged``, as IMS stops listing it; a raised exception leaves both as they were, so a
+    test decides what an uncertain delete did. ``find_image`` answers from ``by_id``;
+    ``list_images_by_tag`` lists the ``tagged`` images whose ``tags`` hold ``"key=value"``
+    (``whole_image`` is recorded in ``tag_queries``, not filtered on: a summary has no such
+    field).
     """
 
     script: list[str | BaseException] = field(default_factory=list)
@@ -36,6 +45,11 @@ class FakeImsClient:
     images: dict[str, list[ImageSummary]] = field(default_factory=dict)
     lookup_script: list[list[ImageSummary] | BaseException] = field(default_factory=list)
     lookups: list[str] = field(default_factory=list)
+    delete_script: list[BaseException | None] = field(default_factory=list)
+    deleted: list[tuple[str, bool]] = field(default_factory=list)
+    by_id: dict[str, ImageSummary] = field(default_factory=dict)
+    tagged: list[ImageSummary] = field(default_factory=list)
+    tag_queries: list[tuple[str, str, bool]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create_whole_image(self, body: dict[str, Any]) -> str:
@@ -60,6 +74,34 @@ class FakeImsClient:
         if isinstance(step, BaseException):
             raise step
         return list(step) if step is not None else list(self.images.get(tag_value, []))
+
+    def delete_image(self, image_id: str, *, delete_backup: bool) -> None:
+        with self._lock:
+            self.deleted.append((image_id, delete_backup))
+            step = self.delete_script.pop(0) if self.delete_script else None
+            if step is None:
+                self.by_id.pop(image_id, None)
+                self.tagged = [image for image in self.tagged if image.image_id != image_id]
+        if step is not None:
+            raise step
+
+    def find_image(self, image_id: str) -> ImageSummary | None:
+        with self._lock:
+            return self.by_id.get(image_id)
+
+    def list_images_by_tag(
+        self,
+        *,
+        tag_key: str,
+        tag_value: str,
+        whole_image: bool = True,
+        page_size: int = 500,
+        max_pages: int = 20,
+    ) -> list[ImageSummary]:
+        wanted = f"{tag_key}={tag_value}"
+        with self._lock:
+            self.tag_queries.append((tag_key, tag_value, whole_image))
+            return [image for image in self.tagged if wanted in (image.tags or ())]
 
 
 def split_marker(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -16,6 +16,7 @@
     │   ├── SubmissionInProgressError  409 submission_in_progress
     │   └── BackupInUseError           409 backup_in_use
     ├── ImsRejectedError               4xx ims_rejected           (IMS's own IMG.xxxx code)
+    │   └── ImageNotFoundError         4xx image_not_found        (a delete's image is gone already)
     └── UpstreamError                  502 upstream_error
         ├── UpstreamAuthError          502 upstream_auth_failed   (our credentials, not the caller's)
         ├── UpstreamUnavailableError   503 upstream_unavailable   (Retry-After)
@@ -189,6 +190,16 @@ class ImsRejectedError(WholeImageError):
     @property
     def http_status(self) -> int:
         return self._http_status
+
+
+class ImageNotFoundError(ImsRejectedError):
+    """IMS does not know the image a delete named: it is gone already (docs/ims-api.md §2.6).
+
+    The status stays IMS's own (404, or 400 with IMG.0027); a caller rotating images out
+    counts the image as deleted.
+    """
+
+    code = "image_not_found"
 
 
 class UpstreamError(WholeImageError):

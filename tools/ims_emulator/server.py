@@ -11,6 +11,7 @@ Served routes (shapes per ``docs/ims-api.md``):
 ``GET  /v1/{project_id}/jobs/{job_id}``                job status (``ShowJob``)
 ``GET  /v1/cloudimages/job/{job_id}``                  job progress (``ShowJobProgress``)
 ``GET  /v2/cloudimages``                               image list (``ListImages``)
+``DELETE /v2/images/{image_id}``                       delete an image, 204 (``GlanceDeleteImage``)
 ``POST /v3/auth/tokens``                               IAM password token, 201 + ``X-Subject-Token``
 ``/_emulator/...``                                     admin routes, no auth (see ``_admin``)
 =====================================================  ============================================
@@ -28,7 +29,12 @@ Error codes chosen where the documentation leaves a choice:
   On the image list, IMG.0001 for any bad filter value (``limit`` not a positive integer,
   ``__whole_image`` or ``protected`` not true/false, an unknown ``status``, ``sort_key`` or
   ``sort_dir``, a ``tag`` without a key, a ``marker`` naming no image) and IMG.0024 for an
-  unknown ``__imagetype`` (the message the docs' error example quotes).
+  unknown ``__imagetype`` (the message the docs' error example quotes). On the delete:
+  **404** IMG.0027 for an unknown or already deleted image (the delete page documents 404,
+  the error table names IMG.0027 "the image ID does not exist"), IMG.0001 for a body that is
+  not a JSON object or a ``delete_backup`` that is not a boolean, IMG.0094 a public image
+  (``__imagetype`` other than ``private``), IMG.0092 another project's image, IMG.0028 a
+  protected image, IMG.0090 an image whose job still runs (``queued`` or ``saving``).
 * Gateway body ``{"error_msg", "error_code", "request_id"}``: 401 APIGW.0301 for every
   authentication failure (no credentials, unknown AK, bad signature, bad or unknown token,
   security token missing or wrong), 401 APIGW.0303 for ``X-Sdk-Date`` more than 15 minutes
@@ -59,6 +65,11 @@ Choices where the documentation is silent or unclear:
   creation order, so a ``marker`` pages without repeats or gaps; a marker image that does not
   match the filters still marks the place.
 * A ``deleted`` image is listed only when ``status=deleted`` is asked for.
+* ``DELETE /v2/images/{image_id}`` answers 204 with no body and makes the image ``deleted`` at
+  once: the plain list and ``?id=`` stop listing it, ``status=deleted`` and the admin list still
+  show it. The docs give no delay and no job (docs/ims-api.md §2.6), so none is invented.
+  ``delete_backup`` is recorded in ``ImsEmulator.deletions`` (``None`` when the body left it
+  out); no backup is modelled, so nothing else changes.
 * Invented: ``min_disk`` 40, as the emulator never sees a system disk.
 * Malformed tags in a create body are skipped, not refused (IMG.0115): wholeimage checks them.
 
@@ -96,15 +107,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import FrameType, TracebackType
 from typing import Any, Final, Literal, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from wholeimage.ims import signer
 
 CREATE_PATH: Final = "/v1/cloudimages/wholeimages/action"
 IAM_TOKENS_PATH: Final = "/v3/auth/tokens"
 IMAGES_PATH: Final = "/v2/cloudimages"
+DELETE_IMAGE_PATH_PREFIX: Final = "/v2/images/"
 ADMIN_PREFIX: Final = "/_emulator/"
-ROUTES: Final = ("create", "job", "iam", "images")
+ROUTES: Final = ("create", "job", "iam", "images", "delete")
 JOB_TYPE_BY_INSTANCE: Final = "imsCreateWholeImageByInstanceJob"
 JOB_TYPE_BY_BACKUP: Final = "imsCreateWholeImageByBackupJob"
 DEFAULT_PROJECT_ID: Final = "0123456789abcdef0123456789abcdef"
@@ -121,6 +133,7 @@ _PROJECT_JOB_PATH: Final = re.compile(r"^/v1/(?P<project_id>[^/]+)/jobs/(?P<job_
 _PROGRESS_JOB_PATH: Final = re.compile(r"^/v1/cloudimages/job/(?P<job_id>[^/]+)$")
 _FINISH_PATH: Final = re.compile(r"^jobs/(?P<job_id>[^/]+)/finish$")
 _IMAGE_STATUS_PATH: Final = re.compile(r"^images/(?P<image_id>[^/]+)/status$")
+_DELETE_IMAGE_PATH: Final = re.compile(r"^/v2/images/(?P<image_id>[^/]+)$")
 # GET /v2/cloudimages (docs/ims-api.md §2.5): limit defaults to 500; no maximum is documented.
 _DEFAULT_LIST_LIMIT: Final = 500
 _SORT_KEYS: Final = frozenset(
@@ -272,7 +285,7 @@ class RecordedRequest:
         headers: Headers with lower-cased names.
         body: Raw body bytes.
         time: ``clock()`` at arrival.
-        route: ``create``, ``job``, ``iam``, ``images`` or ``unknown``.
+        route: ``create``, ``job``, ``iam``, ``images``, ``delete`` or ``unknown``.
     """
 
     method: str
@@ -589,6 +602,22 @@ class _Route:
     name: str
     job_id: str | None = None
     path_project: str | None = None
+    image_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One accepted ``DELETE /v2/images/{image_id}``.
+
+    Attributes:
+        image_id: The deleted image.
+        delete_backup: The body's ``delete_backup``; ``None`` when the body left it out.
+        at: ``clock()`` when the image became ``deleted``.
+    """
+
+    image_id: str
+    delete_backup: bool | None
+    at: float
 
 
 def _ims_error(code: str, message: str, status: int = 400) -> _Refusal:
@@ -628,14 +657,20 @@ def _default_fault_body(status: int, request_id: str) -> Any:
     return {"error": {"code": "IMG.0001", "message": phrase}}
 
 
+_FIXED_ROUTES: Final[Mapping[tuple[str, str], str]] = {
+    ("POST", CREATE_PATH): "create",
+    ("POST", IAM_TOKENS_PATH): "iam",
+    ("GET", IMAGES_PATH): "images",
+}
+
+
 def _classify(method: str, path: str) -> _Route:
-    if path == CREATE_PATH and method == "POST":
-        return _Route("create")
-    if path == IAM_TOKENS_PATH and method == "POST":
-        return _Route("iam")
+    if (method, path) in _FIXED_ROUTES:
+        return _Route(_FIXED_ROUTES[method, path])
+    delete = _DELETE_IMAGE_PATH.match(path)
+    if delete and method == "DELETE":
+        return _Route("delete", image_id=unquote(delete["image_id"]))
     if method == "GET":
-        if path == IMAGES_PATH:
-            return _Route("images")
         progress = _PROGRESS_JOB_PATH.match(path)
         if progress:
             return _Route("job", job_id=progress["job_id"])
@@ -812,6 +847,22 @@ def _parse_image_query(pairs: Sequence[tuple[str, str]]) -> _ImageQuery:
     )
 
 
+def _parse_delete(raw: bytes) -> bool | None:
+    """The delete body's ``delete_backup`` (docs/ims-api.md §2.6); ``None`` without one."""
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise _ims_error("IMG.0001", "The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise _ims_error("IMG.0001", "The request body must be a JSON object.")
+    delete_backup = body.get("delete_backup")
+    if delete_backup is not None and not isinstance(delete_backup, bool):
+        raise _ims_error("IMG.0001", "delete_backup must be true or false.")
+    return delete_backup
+
+
 def _parse_password_auth(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """User object, project scope and methods of an IAM password-auth body (docs/ims-api.md §4.1)."""
     try:
@@ -850,6 +901,7 @@ class ImsEmulator:
         self._backup_jobs: dict[str, str] = {}
         self._images: dict[str, EmulatedImage] = {}
         self._image_seq = 0
+        self._deletions: list[Deletion] = []
         self._faults: dict[str, list[Fault]] = {route: [] for route in ROUTES}
         self._requests: list[RecordedRequest] = []
         self._calls: dict[str, int] = {}
@@ -950,7 +1002,8 @@ class ImsEmulator:
 
     @property
     def calls(self) -> dict[str, int]:
-        """Calls per route (``create``, ``job``, ``iam``, ``images``, ``unknown``), faults included."""
+        """Calls per route (``create``, ``job``, ``iam``, ``images``, ``delete``, ``unknown``), faults
+        included."""
         with self._lock:
             return dict(self._calls)
 
@@ -969,6 +1022,12 @@ class ImsEmulator:
         with self._lock:
             job = self._jobs[job_id]
         return job.view(self.clock(), old_time_format=self.config.old_time_format)
+
+    @property
+    def deletions(self) -> list[tuple[str, bool | None, float]]:
+        """``(image_id, delete_backup, at)`` per accepted delete, oldest first."""
+        with self._lock:
+            return [(item.image_id, item.delete_backup, item.at) for item in self._deletions]
 
     def images(self) -> list[dict[str, Any]]:
         """Every image's JSON as a list query would see it now, deleted ones too, oldest first."""
@@ -990,6 +1049,7 @@ class ImsEmulator:
         imagetype: str = "private",
         visibility: str = "private",
         created_at: float | None = None,
+        protected: bool = False,
     ) -> dict[str, Any]:
         """Put a foreign image in the account: one no job of this emulator made.
 
@@ -1004,6 +1064,7 @@ class ImsEmulator:
             imagetype: ``__imagetype``.
             visibility: ``visibility``.
             created_at: Creation time (seconds since the epoch); ``clock()`` when ``None``.
+            protected: ``protected``; a protected image cannot be deleted (IMG.0028).
 
         Returns:
             The image JSON.
@@ -1032,6 +1093,7 @@ class ImsEmulator:
                 owner=owner if owner is not None else self.config.project_id,
                 imagetype=imagetype,
                 visibility=visibility,
+                protected=protected,
             )
         return image.view(None, now)
 
@@ -1058,7 +1120,7 @@ class ImsEmulator:
         """Queue faults for the next calls of ``route``, one call each, in order.
 
         Args:
-            route: ``create``, ``job`` (both job query paths), ``iam`` or ``images``.
+            route: ``create``, ``job`` (both job query paths), ``iam``, ``images`` or ``delete``.
             *responses: The faults.
 
         Raises:
@@ -1105,11 +1167,12 @@ class ImsEmulator:
         return job.view(now, old_time_format=self.config.old_time_format)
 
     def reset(self) -> None:
-        """Forget jobs, images, faults, requests and counts; reseed. Tokens and config stay."""
+        """Forget jobs, images, deletions, faults, requests and counts; reseed. Tokens and config stay."""
         with self._lock:
             self._jobs.clear()
             self._backup_jobs.clear()
             self._images.clear()
+            self._deletions.clear()
             for queue in self._faults.values():
                 queue.clear()
             self._requests.clear()
@@ -1191,6 +1254,9 @@ class ImsEmulator:
         if route.name == "images":
             self._authenticate(req, project_in_path=False)
             return self._list_images(req)
+        if route.name == "delete" and route.image_id is not None:
+            self._authenticate(req, project_in_path=False)
+            return self._delete_image(route.image_id, req.body)
         raise _gateway_error(
             404, "APIGW.0101", "The API does not exist or has not been published.", req.request_id
         )
@@ -1280,6 +1346,29 @@ class ImsEmulator:
         if len(listed) > query.limit and self.config.image_page_info:
             body["page_info"] = {"next_marker": page[-1]["id"]}
         return _Response(200, body)
+
+    def _delete_image(self, image_id: str, raw: bytes) -> _Response:
+        """``DELETE /v2/images/{image_id}``: the image becomes ``deleted`` now (see the module
+        docstring for the refusals)."""
+        delete_backup = _parse_delete(raw)
+        now = self.clock()
+        with self._lock:
+            image = self._images.get(image_id)
+            job = self._jobs.get(image.job_id or "") if image is not None else None
+            status = image.state(job, now)[0] if image is not None else "deleted"
+            if image is None or status == "deleted":
+                raise _ims_error("IMG.0027", f"The image {image_id} does not exist.", 404)
+            if image.imagetype != "private":
+                raise _ims_error("IMG.0094", "The public image cannot be deleted.")
+            if image.owner != self.config.project_id:
+                raise _ims_error("IMG.0092", "The image can only be deleted by the owner.")
+            if image.protected:
+                raise _ims_error("IMG.0028", "The image in the request is protected.")
+            if status in ("queued", "saving"):
+                raise _ims_error("IMG.0090", "The image being created cannot be deleted.")
+            image.status, image.status_since = "deleted", now
+            self._deletions.append(Deletion(image_id, delete_backup, now))
+        return _Response(204, b"")
 
     def _check_backup_free(self, backup_id: str, now: float) -> None:
         # One backup, one image: a running or successful job holds the backup, a failed one not.
@@ -1417,13 +1506,14 @@ class ImsEmulator:
 
         * ``GET  /_emulator/health``: ``{"status": "ok"}``
         * ``GET  /_emulator/requests``: ``{"requests": [RecordedRequest.to_json(), ...]}``
-        * ``GET  /_emulator/stats``: ``{"calls", "requests", "jobs", "images", "faults"}``
+        * ``GET  /_emulator/stats``: ``{"calls", "requests", "jobs", "images", "deletions", "faults"}``
         * ``POST /_emulator/faults``: ``{"route": "create", "faults": [{"status": 429, ...}]}``
         * ``DELETE /_emulator/faults``: drop every queued fault
         * ``POST /_emulator/reset``: ``reset()``
         * ``GET  /_emulator/jobs``: ``{"jobs": [job JSON, ...]}``
         * ``POST /_emulator/jobs/{job_id}/finish``: ``{"outcome": "FAIL", "error_code"?, "fail_reason"?}``
         * ``GET  /_emulator/images``: ``{"images": [image JSON, ...]}``
+        * ``GET  /_emulator/deletions``: ``{"deletions": [{"image_id", "delete_backup", "at"}]}``
         * ``POST /_emulator/images``: ``add_image`` arguments as JSON; the image JSON
         * ``POST /_emulator/images/{image_id}/status``: ``{"status": "deleted"}``; the image JSON
         * ``GET  /_emulator/config``, ``PATCH /_emulator/config``: read or change ``EmulatorConfig``
@@ -1442,6 +1532,7 @@ class ImsEmulator:
             ("GET", "stats"): lambda _: self._stats(),
             ("GET", "jobs"): lambda _: {"jobs": [self.job_view(job_id) for job_id in self.jobs]},
             ("GET", "images"): lambda _: {"images": self.images()},
+            ("GET", "deletions"): lambda _: self._deletions_json(),
             ("GET", "config"): lambda _: self._config_json(),
             ("PATCH", "config"): self._patch_config_json,
             ("POST", "config"): self._patch_config_json,
@@ -1485,8 +1576,13 @@ class ImsEmulator:
                 "requests": len(self._requests),
                 "jobs": len(self._jobs),
                 "images": len(self._images),
+                "deletions": len(self._deletions),
                 "faults": {route: len(queue) for route, queue in self._faults.items()},
             }
+
+    def _deletions_json(self) -> dict[str, Any]:
+        keys = ("image_id", "delete_backup", "at")
+        return {"deletions": [dict(zip(keys, item, strict=True)) for item in self.deletions]}
 
     def _reset_json(self) -> dict[str, Any]:
         self.reset()
@@ -1620,7 +1716,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
     def do_DELETE(self) -> None:
-        """Serve a DELETE (admin faults)."""
+        """Serve a DELETE (an image, or the admin faults)."""
         self._serve()
 
     def _read_body(self) -> bytes:
@@ -1675,7 +1771,13 @@ class _Handler(BaseHTTPRequestHandler):
             payload = body.encode("utf-8")
         else:
             payload = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
+        # A 204 has no body, so neither a type nor a length (RFC 9110 §8.6).
+        no_content = response.status == 204 and not payload
+        headers = (
+            {"X-Request-Id": request_id}
+            if no_content
+            else {"Content-Type": _JSON, "X-Request-Id": request_id}
+        )
         for name, value in response.headers.items():
             # A fault's "content-type" replaces the default whatever its case: one header, not two.
             for taken in [key for key in headers if key.lower() == name.lower()]:
@@ -1686,7 +1788,8 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in headers.items():
                 if name.lower() != "content-length":
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
+            if not no_content:
+                self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
         except OSError:
