@@ -51,6 +51,7 @@ from wholeimage.channels.registry import target_for
 from wholeimage.channels.sinks import is_local_sink, write_to_sink
 from wholeimage.channels.urls import redact_url
 from wholeimage.httputil import RateLimiter
+from wholeimage.idempotency import POLICY_KEY_PREFIX
 from wholeimage.results import Channel, JobResult
 from wholeimage.store.records import JobStore, Notification, Settlement
 
@@ -149,10 +150,24 @@ def outbox_for(
     """The rows an ended job writes: one per channel that wants its verdict."""
 
     def outbox(job: Any, at: datetime) -> list[Notification]:
+        if is_policy_job(job):
+            return []  # told in its policy run's one message (docs/policies.md §6)
         result = JobResult.from_job(job, console=console, region=region)
         return notifications_for(result, channels, now=at)
 
     return outbox
+
+
+def is_policy_job(job: Any) -> bool:
+    """Whether a lifecycle policy made the job (its run's message reports it)."""
+    requested_by = getattr(job, "requested_by", None)
+    key = getattr(job, "idempotency_key", None)
+    return bool(
+        requested_by
+        and requested_by.startswith(POLICY_KEY_PREFIX)
+        and key
+        and key.startswith(POLICY_KEY_PREFIX)
+    )
 
 
 def notifications_for(

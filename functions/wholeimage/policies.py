@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from wholeimage.errors import RequestInvalidError
+from wholeimage.idempotency import POLICY_KEY_PREFIX
 from wholeimage.models import (
     POLICY_TAG_KEY,
     SOURCE_TAG_KEY,
@@ -188,7 +189,12 @@ class Policy(BaseModel):
 
     def idempotency_key(self, source: PolicySource, slot: datetime) -> str:
         """The same for every tick that runs (policy, source, slot): one image per slot."""
-        return f"policy:{self.name}:{source.instance_id}:{int(slot.timestamp())}"
+        return f"{POLICY_KEY_PREFIX}{self.name}:{source.instance_id}:{int(slot.timestamp())}"
+
+    @property
+    def requester(self) -> str:
+        """The ``requested_by`` of the policy's jobs."""
+        return f"{POLICY_KEY_PREFIX}{self.name}"
 
     def run_id(self, slot: datetime) -> str:
         """The id of the policy's run at ``slot``."""

@@ -53,10 +53,17 @@ def _signing_key(channel: Channel) -> bytes:
     return key
 
 
+def _event_type(result: JobResult) -> str:
+    """A job's verdict, or a policy run's report (docs/policies.md §6)."""
+    if result.source_kind == "policy":
+        return f"wholeimage.policy_run.{'succeeded' if result.status == 'SUCCESS' else 'failed'}"
+    return _EVENT_TYPES[result.status]
+
+
 def _event(result: JobResult) -> dict[str, Any]:
     """One job's event."""
     return {
-        "type": _EVENT_TYPES[result.status],
+        "type": _event_type(result),
         "timestamp": iso(result.ended_at),
         "data": result.to_json(),
     }

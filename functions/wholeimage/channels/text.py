@@ -41,7 +41,7 @@ LOOKS: dict[str, Look] = {
     "UNCONFIRMED": Look("UNCONFIRMED", "was not confirmed", "❔", "#ECB22E", 1),
     "SUCCESS": Look("SUCCESS", "succeeded", "✅", "#2EB67D", 2),
 }
-_SOURCES = {"ecs": "ECS", "csbs": "CSBS backup", "cbr": "CBR backup"}
+_SOURCES = {"ecs": "ECS", "csbs": "CSBS backup", "cbr": "CBR backup", "policy": "Policy"}
 CONSOLE_LABEL = "Open the image list in the console"
 # Digest lines clip names and details so that one very long name cannot crowd out other jobs.
 LINE_NAME_CHARS = 48
@@ -149,8 +149,10 @@ def reason(result: JobResult) -> str | None:
 
 
 def title(result: JobResult) -> str:
-    """``❌ Image web01-full failed``."""
+    """``❌ Image web01-full failed``; a policy run's report: ``✅ Run of policy nightly, …``."""
     shown = look(result.status)
+    if result.source_kind == "policy":
+        return f"{shown.emoji} Run of {clip(one_line(result.image_name), 100)} {shown.word}"
     return f"{shown.emoji} Image {clip(one_line(result.image_name), 100)} {shown.word}"
 
 

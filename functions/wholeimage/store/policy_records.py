@@ -76,6 +76,7 @@ class PolicyRun:
     paused_reason: str | None
     created_at: datetime
     reported_at: datetime | None = None
+    failed: bool = False
 
     @classmethod
     def from_row(cls, row: Row) -> PolicyRun:
@@ -90,6 +91,7 @@ class PolicyRun:
             paused_reason=row["paused_reason"],
             created_at=_moment(row["created_at"]),
             reported_at=from_epoch(row["reported_at"]),
+            failed=bool(row["failed"]),
         )
 
 
@@ -206,10 +208,11 @@ class ImageDeletion:
 
 @dataclass(frozen=True)
 class FailureCount:
-    """What an item's end does to its policy's count of failures in a row.
+    """What an item's end does to its policy's count of failed runs in a row.
 
-    ``failed`` adds one (and pauses the policy at ``pause_after`` with ``pause_reason``);
-    otherwise the count starts again at 0.
+    ``failed``: the item's run counts as failed; the first failed item of a run adds one to the
+    count (and pauses the policy at ``pause_after`` with ``pause_reason``). A run without a
+    failure sets the count back to 0 when it is reported.
     """
 
     failed: bool

@@ -304,7 +304,7 @@ class PolicyStoreMixin(Generic[Handle]):
             )
             paused = False
             if added and failure is not None:
-                paused = self._count_failure(handle, item.policy, failure, now)
+                paused = self._count_failure(handle, item, failure, now)
         return added == 1, paused
 
     def get_item(self, item_id: str) -> PolicyItem | None:
@@ -377,24 +377,26 @@ class PolicyStoreMixin(Generic[Handle]):
                     self.dialect.insert("image_deletions", tuple(row), ignore_duplicates=True),
                     row,
                 )
-            paused = self._count_failure(handle, item.policy, failure, now)
+            paused = self._count_failure(handle, item, failure, now)
         return True, paused
 
     def _count_failure(
-        self, handle: Handle, policy: str, failure: FailureCount, now: datetime
+        self, handle: Handle, item: PolicyItem, failure: FailureCount, now: datetime
     ) -> bool:
-        """Count a failure (or a success) for ``policy``; True when this pauses it."""
+        """Count the item's run as failed, once a run; True when this pauses the policy."""
         if not failure.failed:
-            self._run(
-                handle,
-                "UPDATE policies SET failures = 0 WHERE name = :name",
-                {"name": policy},
-            )
+            return False
+        first = self._run(
+            handle,
+            "UPDATE policy_runs SET failed = 1 WHERE run_id = :run_id AND failed = 0",
+            {"run_id": item.run_id},
+        )
+        if not first:
             return False
         self._run(
             handle,
             "UPDATE policies SET failures = failures + 1 WHERE name = :name",
-            {"name": policy},
+            {"name": item.policy},
         )
         return (
             self._run(
@@ -402,7 +404,7 @@ class PolicyStoreMixin(Generic[Handle]):
                 "UPDATE policies SET paused = 1, paused_reason = :reason, updated_at = :now "
                 "WHERE name = :name AND paused = 0 AND failures >= :limit",
                 {
-                    "name": policy,
+                    "name": item.policy,
                     "reason": failure.pause_reason,
                     "limit": failure.pause_after,
                     "now": to_epoch(now),
@@ -444,24 +446,41 @@ class PolicyStoreMixin(Generic[Handle]):
             )
         return [ImageDeletion.from_row(row) for row in rows]
 
-    def mark_run_reported(self, run_id: str, *, paused_reason: str | None, now: datetime) -> bool:
-        """The run's message is in the outbox: True the first time."""
+    def note_run_paused(self, run_id: str, *, reason: str) -> None:
+        """The policy paused itself during this run: its message says so."""
         with self._transaction() as handle:
-            return (
+            self._run(
+                handle,
+                "UPDATE policy_runs SET paused_reason = :reason WHERE run_id = :run_id",
+                {"run_id": run_id, "reason": reason},
+            )
+
+    def mark_run_reported(self, run_id: str, *, now: datetime) -> bool:
+        """The run's message is in the outbox: True the first time. A run without a failed
+        item sets its policy's count of failed runs in a row back to 0."""
+        with self._transaction() as handle:
+            reported = (
                 self._run(
                     handle,
-                    "UPDATE policy_runs SET state = :reported, reported_at = :now, "
-                    "paused_reason = :paused_reason WHERE run_id = :run_id AND state = :open",
+                    "UPDATE policy_runs SET state = :reported, reported_at = :now "
+                    "WHERE run_id = :run_id AND state = :open",
                     {
                         "reported": RUN_REPORTED,
                         "open": RUN_OPEN,
                         "run_id": run_id,
-                        "paused_reason": paused_reason,
                         "now": to_epoch(now),
                     },
                 )
                 == 1
             )
+            if reported:
+                self._run(
+                    handle,
+                    "UPDATE policies SET failures = 0 WHERE name = "
+                    "(SELECT policy FROM policy_runs WHERE run_id = :run_id AND failed = 0)",
+                    {"run_id": run_id},
+                )
+            return reported
 
     def policy_runs(self, policy: str, *, limit: int = 20) -> list[PolicyRun]:
         """A policy's latest runs, newest first."""

@@ -164,6 +164,7 @@ POLICY_RUNS = Table(
         _count("skipped"),
         _real("skipped_first"),
         _text("state", not_null=True),
+        _count("failed"),
         _text("paused_reason"),
         _real("created_at", not_null=True),
         _real("reported_at"),
