@@ -139,9 +139,9 @@ class World:
             tags = set(image["tags"])
             if image["status"] == "deleted" or f"{POLICY_TAG_KEY}={policy}" not in tags:
                 continue
-            for instance in found:
+            for instance, listed in found.items():
                 if f"{SOURCE_TAG_KEY}={instance}" in tags:
-                    found[instance].append(image)
+                    listed.append(image)
         return found
 
     def messages(self, channel: str) -> list[dict[str, Any]]:
@@ -247,7 +247,7 @@ def test_ten_days_of_a_daily_policy_keep_three_images_per_server(world: World) -
     runs = world.run_events()
     assert all(result["source"]["kind"] == "policy" for result in runs)
     assert Counter(result["key"] for result in runs) == Counter(
-        {key: 1 for key in {result["key"] for result in runs}}
+        dict.fromkeys({result["key"] for result in runs}, 1)
     )
     assert len(runs) == 10
     assert {result["status"] for result in runs} == {"SUCCESS"}
@@ -257,7 +257,7 @@ def test_ten_days_of_a_daily_policy_keep_three_images_per_server(world: World) -
         for image_id in deleted
         if image_id in rotated_part(result["fail_reason"])
     )
-    assert named == Counter({image_id: 1 for image_id in deleted})
+    assert named == Counter(dict.fromkeys(deleted, 1))
     ops = world.messages("ops")
     assert sum(1 for message in ops if "Run of policy nightly" in json.dumps(message)) == 10
     assert not any("Image web-1-" in json.dumps(message) for message in ops)
@@ -350,7 +350,7 @@ def test_foreign_images_and_other_policies_images_are_never_touched_even_after_a
         world.deps = Dependencies(settings=world.deps.settings, store=open_store(wiped))
     else:
         store = policy_store(world.deps)
-        with store._transaction() as handle:  # noqa: SLF001 - the test empties every table
+        with store._transaction() as handle:
             for table in (
                 "jobs",
                 "notifications",
@@ -359,7 +359,7 @@ def test_foreign_images_and_other_policies_images_are_never_touched_even_after_a
                 "policy_items",
                 "image_deletions",
             ):
-                store._run(handle, f"DELETE FROM {table}", {})  # noqa: SLF001
+                store._run(handle, f"DELETE FROM {table}", {})
     world.apply(policy_document())
     for day in range(4, 8):
         world.day(slot_of(day))
