@@ -411,12 +411,14 @@ class _Phase:
                 except Exception:
                     log.exception("running a policy slot failed", extra={"policy": policy.name})
                     self.summary.errors["internal"] += 1
+                    # Due as before (the same slot), but not before the retry delay.
                     self.store.release_policy(
                         policy.name,
                         owner=self.owner,
-                        next_slot_at=self.now() + self.config.retry_delay,
+                        next_slot_at=record.next_slot_at,
                         last_slot_at=None,
                         now=self.now(),
+                        hold_until=self.now() + self.config.retry_delay,
                     )
             if len(claimed) < self.config.batch:
                 return
@@ -445,31 +447,41 @@ class _Phase:
         if self.store.open_run(run):
             self.summary.policies_run += 1
             self.summary.slots_skipped += len(skipped)
+        unfinished = False
         retry_at: datetime | None = None
         for source in policy.sources:
             if self.out_of_time():
-                retry_at = self.now()
+                unfinished = True
                 break
             outcome = self.submit_source(policy, source, run, slot)
             if isinstance(outcome, datetime):
-                retry_at = outcome
+                unfinished, retry_at = True, outcome
                 break
             if outcome == "paused":
                 break
-        if retry_at is not None:
-            # The slot is not finished: it stays due (same slot, same keys) for the next tick.
-            self.release(policy, next_slot_at=retry_at, slot=None)
+        if unfinished:
+            # The slot is not finished: it stays due (same slot, same keys) for the next tick,
+            # or, when IMS asked us to wait, for the first tick after the wait.
+            self.release(policy, next_slot_at=slot, slot=None, hold_until=retry_at)
             return
         self.store.close_run_creation(run.run_id)
         self.release(policy, next_slot_at=policy.next_slot_after(max(now, slot)), slot=slot)
 
-    def release(self, policy: Policy, *, next_slot_at: datetime, slot: datetime | None) -> None:
+    def release(
+        self,
+        policy: Policy,
+        *,
+        next_slot_at: datetime,
+        slot: datetime | None,
+        hold_until: datetime | None = None,
+    ) -> None:
         if not self.store.release_policy(
             policy.name,
             owner=self.owner,
             next_slot_at=next_slot_at,
             last_slot_at=slot,
             now=self.now(),
+            hold_until=hold_until,
         ):
             log.warning(
                 "a policy's lease was lost before it was handed back", extra={"policy": policy.name}

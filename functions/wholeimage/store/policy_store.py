@@ -210,21 +210,28 @@ class PolicyStoreMixin(Generic[Handle]):
         next_slot_at: datetime | None,
         last_slot_at: datetime | None,
         now: datetime,
+        hold_until: datetime | None = None,
     ) -> bool:
-        """Hand a leased policy back with its next slot; False when the lease was lost."""
+        """Hand a leased policy back with its next slot; False when the lease was lost.
+
+        ``hold_until`` keeps it from being claimed again before then (IMS asked us to wait),
+        while ``next_slot_at`` stays at the unfinished slot.
+        """
         with self._transaction() as handle:
             return (
                 self._run(
                     handle,
                     "UPDATE policies SET next_slot_at = :next_slot_at, "
-                    "last_slot_at = COALESCE(:last_slot_at, last_slot_at), lease_owner = NULL, "
-                    "lease_expires_at = NULL, updated_at = :now "
+                    "last_slot_at = COALESCE(:last_slot_at, last_slot_at), "
+                    "lease_owner = CASE WHEN :hold_until IS NULL THEN NULL ELSE lease_owner END, "
+                    "lease_expires_at = :hold_until, updated_at = :now "
                     "WHERE name = :name AND lease_owner = :owner",
                     {
                         "name": name,
                         "owner": owner,
                         "next_slot_at": to_epoch(next_slot_at),
                         "last_slot_at": to_epoch(last_slot_at),
+                        "hold_until": to_epoch(hold_until),
                         "now": to_epoch(now),
                     },
                 )
