@@ -114,6 +114,9 @@ class World:
 
     def tick(self) -> dict[str, Any]:
         report = tick(self.deps, now=self.clock.now).as_json()
+        # Nothing here may fail inside the policies' part (a store error is contained and
+        # counted, so it would go unseen otherwise).
+        assert report["policies"]["errors"] == {}, report["policies"]
         deliver_pending(
             store=self.deps.store,
             channels=channels(self.deps),

@@ -223,7 +223,7 @@ class PolicyStoreMixin(Generic[Handle]):
                     handle,
                     "UPDATE policies SET next_slot_at = :next_slot_at, "
                     "last_slot_at = COALESCE(:last_slot_at, last_slot_at), "
-                    "lease_owner = CASE WHEN :hold_until IS NULL THEN NULL ELSE lease_owner END, "
+                    "lease_owner = CASE WHEN :hold = 1 THEN lease_owner ELSE NULL END, "
                     "lease_expires_at = :hold_until, updated_at = :now "
                     "WHERE name = :name AND lease_owner = :owner",
                     {
@@ -232,6 +232,8 @@ class PolicyStoreMixin(Generic[Handle]):
                         "next_slot_at": to_epoch(next_slot_at),
                         "last_slot_at": to_epoch(last_slot_at),
                         "hold_until": to_epoch(hold_until),
+                        # A flag, not ``:hold_until IS NULL``: PostgreSQL cannot type a bare NULL.
+                        "hold": int(hold_until is not None),
                         "now": to_epoch(now),
                     },
                 )
