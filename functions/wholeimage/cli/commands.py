@@ -54,8 +54,24 @@ from wholeimage.logs import redact
 from wholeimage.models import ENDED, OUTSTANDING, Job, JobStatus
 from wholeimage.service.delivery import Redrive, dead_letters, deliver
 from wholeimage.service.jobs import create_request, find_by_any_id, list_jobs, submit
+from wholeimage.service.policies import (
+    PolicyDetails,
+    delete_policy,
+    deletion_view,
+    details_view,
+    list_policies,
+    list_view,
+    pause_policy,
+    policy_view,
+    resume_policy,
+    run_view,
+    show_policy,
+    store_policy,
+    validate_policy,
+)
 from wholeimage.service.tick import TickReport, tick
 from wholeimage.settings import get_settings
+from wholeimage.store.policy_records import PolicyRecord
 
 if TYPE_CHECKING:
     import argparse
@@ -80,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         if known is None:
             raise  # not an expected failure: the traceback is what helps
         code, next_step = known
+        if isinstance(error, NotFoundError):
+            next_step = _NOT_FOUND_NEXT_STEPS.get(args.command, next_step)
         report(error, output, next_step=f"{next_step}  (exit {code})")
         return code
 
@@ -110,6 +128,8 @@ _FAILURES: tuple[tuple[type[WholeImageError], int, str], ...] = (
     (UpstreamError, EXIT_UNAVAILABLE, "retry later"),
     (WholeImageError, EXIT_FAILED, "see the message above"),
 )
+# Where to look when a command's name or id names nothing (the jobs' hint otherwise).
+_NOT_FOUND_NEXT_STEPS = {"policy": "check the name; wholeimage policy list shows the policies"}
 _STORE_NEXT_STEP = "check that the database of WHOLEIMAGE_STATE_URL is reachable, then retry"
 
 
@@ -198,8 +218,9 @@ def dependencies() -> Dependencies:
 # --- submit ------------------------------------------------------------------------------------
 
 
-def read_json(path: str) -> Any:
-    """The JSON document in ``path`` (``-``: stdin), or why not, as create would say it.
+def read_json(path: str, *, argument: str = "--file", document: str = "the body") -> Any:
+    """The JSON document in ``path`` (``-``: stdin), or why not, as create would say it;
+    ``argument`` is how the command line gave ``path``, ``document`` what the document is.
 
     Raises:
         RequestInvalidError: unreadable, empty, not UTF-8 or not JSON.
@@ -214,9 +235,9 @@ def read_json(path: str) -> Any:
     except OSError as exc:
         raise RequestInvalidError(
             f"cannot read {where}: {exc.strerror or exc}",
-            details=[{"path": "$", "message": f"--file {path} is not readable"}],
+            details=[{"path": "$", "message": f"{argument} {path} is not readable"}],
         ) from None
-    return decode_json(data, source=f"the body in {where}")
+    return decode_json(data, source=f"{document} in {where}")
 
 
 def body_from(args: argparse.Namespace) -> Any:
@@ -520,6 +541,183 @@ def serve_command(args: argparse.Namespace, output: Output) -> int:
     )
 
 
+# --- policy ------------------------------------------------------------------------------------
+
+
+def policy_text(record: PolicyRecord, message: str | None = None) -> str:
+    """One policy for people: what it does and the state kept beside it."""
+    document = record.document
+    schedule = document.get("schedule", {})
+    retention = document.get("retention", {})
+    kept = [f"{key}={value}" for key, value in retention.items()]
+    rows: list[tuple[str, object]] = [
+        ("name", record.name),
+        ("description", document.get("description")),
+        ("schedule", f"{schedule.get('cron')} ({schedule.get('timezone', 'UTC')})"),
+        ("sources", ", ".join(s["instance_id"] for s in document.get("sources", []))),
+        ("retention", " ".join(kept)),
+        ("enabled", record.enabled),
+        ("paused", record.paused_reason if record.paused else False),
+        ("failures in a row", record.failures),
+        ("next slot", record.next_slot_at if record.enabled and not record.paused else None),
+        ("last slot", record.last_slot_at),
+        ("created", record.created_at),
+        ("updated", record.updated_at),
+    ]
+    text = tables.fields(rows)
+    return f"{text}\n\n{message}" if message else text
+
+
+def details_text(details: PolicyDetails) -> str:
+    """``policy show``: the policy, then its latest runs and deletions."""
+    runs = [run_view(run) for run in details.runs]
+    deletions = [deletion_view(deletion) for deletion in details.deletions]
+    run_rows = [
+        (
+            tables.moment(run["slot_at"]),
+            run["run_id"],
+            run["state"],
+            run["skipped"],
+            tables.moment(run["reported_at"]),
+        )
+        for run in runs
+    ]
+    deletion_rows = [
+        (
+            tables.moment(row["created_at"]),
+            row["image_id"],
+            row["image_name"],
+            row["state"],
+            row["attempts"],
+            row["reason"],
+        )
+        for row in deletions
+    ]
+    run_table = (
+        tables.table(("SLOT", "RUN ID", "STATE", "SKIPPED", "REPORTED"), run_rows)
+        if runs
+        else "(no run yet)"
+    )
+    deletion_table = (
+        tables.table(
+            ("DECIDED", "IMAGE ID", "IMAGE NAME", "STATE", "ATTEMPTS", "REASON"), deletion_rows
+        )
+        if deletions
+        else "(none)"
+    )
+    return (
+        f"{policy_text(details.record)}\n\nlatest runs\n{run_table}"
+        f"\n\nimages rotated out, latest first\n{deletion_table}"
+    )
+
+
+def policy_apply_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy apply FILE``: validate, then store (new, or replacing one of that name)."""
+    payload = read_json(args.file, argument="FILE", document="the policy")
+    # Validated before the store is opened, as submit does: a bad document is refused even
+    # where nothing else is configured.
+    policy = validate_policy(payload, get_settings())
+    record, created = store_policy(dependencies(), policy)
+    if not record.enabled:
+        message = f"Stored policy {record.name!r}, disabled: none of its slots runs."
+    elif record.paused:
+        message = f"Replaced policy {record.name!r}; it stays paused: wholeimage policy resume {record.name}"
+    else:
+        verb = "Created" if created else "Replaced"
+        message = (
+            f"{verb} policy {record.name!r}; its next slot: {tables.moment(record.next_slot_at)}."
+        )
+    output.answer(policy_view(record), policy_text(record, message))
+    return EXIT_OK
+
+
+def policy_list_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy list``: every policy, by name."""
+    records = list_policies(dependencies())
+    rows = [
+        (
+            record.name,
+            record.document.get("schedule", {}).get("cron"),
+            record.document.get("schedule", {}).get("timezone", "UTC"),
+            len(record.document.get("sources", [])),
+            record.enabled,
+            record.paused,
+            record.failures,
+            record.next_slot_at if record.enabled and not record.paused else None,
+            record.last_slot_at,
+        )
+        for record in records
+    ]
+    text = tables.table(
+        (
+            "NAME",
+            "CRON",
+            "TIME ZONE",
+            "SOURCES",
+            "ENABLED",
+            "PAUSED",
+            "FAILURES",
+            "NEXT SLOT",
+            "LAST SLOT",
+        ),
+        rows,
+    )
+    if not records:
+        text += "\n(no policies; add one: wholeimage policy apply policy.json)"
+    output.answer(list_view(records), text)
+    return EXIT_OK
+
+
+def policy_show_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy show NAME``: the policy, its latest runs and deletions; exit 4 when absent."""
+    details = show_policy(dependencies(), args.name)
+    output.answer(details_view(details), details_text(details))
+    return EXIT_OK
+
+
+def policy_pause_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy pause NAME``."""
+    record = pause_policy(dependencies(), args.name)
+    message = f"Paused: no slot runs until wholeimage policy resume {record.name}"
+    output.answer(policy_view(record), policy_text(record, message))
+    return EXIT_OK
+
+
+def policy_resume_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy resume NAME``."""
+    record = resume_policy(dependencies(), args.name)
+    message = f"Running; its next slot: {tables.moment(record.next_slot_at)}."
+    if not record.enabled:
+        message = "Not paused, but disabled in its document: enable it and apply it again."
+    output.answer(policy_view(record), policy_text(record, message))
+    return EXIT_OK
+
+
+def policy_delete_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy delete NAME``: forget it (its images stay)."""
+    delete_policy(dependencies(), args.name)
+    output.answer(
+        {"name": args.name, "deleted": True},
+        f"Deleted policy {args.name!r}; its images were not deleted.",
+    )
+    return EXIT_OK
+
+
+POLICY_COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
+    "apply": policy_apply_command,
+    "list": policy_list_command,
+    "show": policy_show_command,
+    "pause": policy_pause_command,
+    "resume": policy_resume_command,
+    "delete": policy_delete_command,
+}
+
+
+def policy_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy ACTION``."""
+    return POLICY_COMMANDS[args.policy_command](args, output)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "submit": submit_command,
     "status": status_command,
@@ -527,4 +725,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "tick": tick_command,
     "notify": notify_command,
     "serve": serve_command,
+    "policy": policy_command,
 }
