@@ -777,3 +777,13 @@ def test_cli_apply_reads_the_document_from_stdin(state_url, store):
     assert done.returncode == EXIT_OK, done.stderr
     assert json.loads(done.stdout)["name"] == "nightly-web"
     assert store.get_policy("nightly-web") is not None
+
+
+def test_the_documents_example_policy_is_applied_as_it_stands(http):
+    openapi = json.loads((ROOT / "openapi" / "openapi.json").read_text("utf-8"))
+    example = openapi["paths"][ITEM]["put"]["requestBody"]["content"]["application/json"]["example"]
+
+    response = put(http, example["name"], example)
+
+    assert response.status_code == 201
+    assert documented(response, "PUT")["document"]["retention"] == example["retention"]
