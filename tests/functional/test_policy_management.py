@@ -787,3 +787,28 @@ def test_the_documents_example_policy_is_applied_as_it_stands(http):
 
     assert response.status_code == 201
     assert documented(response, "PUT")["document"]["retention"] == example["retention"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+def test_the_create_function_loads_croniter_only_when_a_schedule_is_evaluated():
+    # /policies is served by create, whose cold start must not pay for the cron parser.
+    program = (
+        "import sys\n"
+        "import wholeimage.web.create\n"
+        "print('croniter' in sys.modules)\n"
+        "from wholeimage.policies import policy_from_document\n"
+        f"policy_from_document({DOCUMENT!r}, cloud='huaweicloud')\n"
+        "print('croniter' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "functions")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
