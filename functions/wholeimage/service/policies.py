@@ -59,10 +59,10 @@ def validate_policy(payload: Any, settings: Settings) -> Policy:
     """The policy ``payload`` describes, under the rules of ``WHOLEIMAGE_CLOUD`` and with only
     channels this process has configured.
 
-    Channel names are checked only where some channel is configured: the Huawei Cloud ``create``
-    function, which serves ``PUT /policies``, is deployed without the channel settings
-    (infra/huaweicloud/main.tf gives them to check and notify), so there no name can be checked,
-    and refusing them all would make ``channels`` unusable.
+    Channel names are checked only where some channel is configured: the ``create`` function,
+    which serves ``PUT /policies``, is deployed without the channel settings (infra/huaweicloud
+    and infra/gcp give them to check and notify only), so there no name can be checked, and
+    refusing them all would make ``channels`` unusable over HTTP.
 
     Raises:
         RequestInvalidError: every failing field, by JSON path.
