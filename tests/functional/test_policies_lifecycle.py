@@ -35,8 +35,9 @@ from wholeimage.bootstrap import Dependencies, open_store
 from wholeimage.models import POLICY_TAG_KEY, SOURCE_TAG_KEY
 from wholeimage.notify import ChannelLimiters, NotifyConfig, deliver_pending
 from wholeimage.policies import Policy, policy_from_document
-from wholeimage.service.lifecycle import plan_policies, policy_store
+from wholeimage.service.lifecycle import plan_policies
 from wholeimage.service.outbox import channels, webhook_http
+from wholeimage.service.policies import policy_store
 from wholeimage.service.tick import tick
 
 pytestmark = pytest.mark.usefixtures("store_kind")

@@ -3,15 +3,14 @@
 Each command calls the use cases directly with the environment's dependencies, prints a table
 or (``--json``) the same JSON body the HTTP function answers, and returns its exit code.
 Expected failures are raised and turned into a message, a next step and an exit code in one
-place, ``report``, as ``web.error_response`` turns them into HTTP answers.
+place, ``report``, as ``web.error_response`` turns them into HTTP answers. The ``policy``
+commands live in ``policy_commands``; what every command reads, in ``inputs``.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import logging
-import os
 import re
 import socket
 import sqlite3
@@ -22,8 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wholeimage.bootstrap import Dependencies, get_dependencies
+from wholeimage.bootstrap import Dependencies
 from wholeimage.cli import tables
+from wholeimage.cli.inputs import dependencies, read_json
 from wholeimage.cli.output import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -34,6 +34,7 @@ from wholeimage.cli.output import (
     Output,
     missing_package,
 )
+from wholeimage.cli.policy_commands import policy_command
 from wholeimage.cli.serve import serve as serve_forever
 from wholeimage.errors import (
     ConfigurationError,
@@ -49,7 +50,6 @@ from wholeimage.errors import (
     UpstreamUnavailableError,
     WholeImageError,
 )
-from wholeimage.jsonbody import decode_json
 from wholeimage.logs import redact
 from wholeimage.models import ENDED, OUTSTANDING, Job, JobStatus
 from wholeimage.service.delivery import Redrive, dead_letters, deliver
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 # checker, the deployed check function, may move it along meanwhile).
 MIN_PAUSE = 1.0
 REFRESH = 5.0
-LOG_LEVEL_VARIABLE = "WHOLEIMAGE_LOG_LEVEL"
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
@@ -80,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         if known is None:
             raise  # not an expected failure: the traceback is what helps
         code, next_step = known
+        if isinstance(error, NotFoundError):
+            next_step = _NOT_FOUND_NEXT_STEPS.get(args.command, next_step)
         report(error, output, next_step=f"{next_step}  (exit {code})")
         return code
 
@@ -110,6 +111,8 @@ _FAILURES: tuple[tuple[type[WholeImageError], int, str], ...] = (
     (UpstreamError, EXIT_UNAVAILABLE, "retry later"),
     (WholeImageError, EXIT_FAILED, "see the message above"),
 )
+# Where to look when a command's name or id names nothing (the jobs' hint otherwise).
+_NOT_FOUND_NEXT_STEPS = {"policy": "check the name; wholeimage policy list shows the policies"}
 _STORE_NEXT_STEP = "check that the database of WHOLEIMAGE_STATE_URL is reachable, then retry"
 
 
@@ -180,43 +183,7 @@ def report(error: BaseException, output: Output, *, next_step: str) -> None:
     print("\n".join(lines), file=output.err)
 
 
-def dependencies() -> Dependencies:
-    """The environment's dependencies, with logs moved off stdout (it carries the answer)."""
-    deps = get_dependencies()
-    logger = logging.getLogger("wholeimage")
-    for handler in logger.handlers:
-        # Exactly the handler configure_logging adds: a subclass is someone else's (a file,
-        # a test runner's capture) and keeps its stream.
-        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
-            handler.setStream(sys.stderr)
-    if LOG_LEVEL_VARIABLE not in os.environ:
-        # A person at a terminal wants the answer, not a log line per poll.
-        logger.setLevel(logging.WARNING)
-    return deps
-
-
 # --- submit ------------------------------------------------------------------------------------
-
-
-def read_json(path: str) -> Any:
-    """The JSON document in ``path`` (``-``: stdin), or why not, as create would say it.
-
-    Raises:
-        RequestInvalidError: unreadable, empty, not UTF-8 or not JSON.
-    """
-    where = "stdin" if path == "-" else path
-    try:
-        if path == "-":
-            stream = getattr(sys.stdin, "buffer", None)
-            data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
-        else:
-            data = Path(path).read_bytes()
-    except OSError as exc:
-        raise RequestInvalidError(
-            f"cannot read {where}: {exc.strerror or exc}",
-            details=[{"path": "$", "message": f"--file {path} is not readable"}],
-        ) from None
-    return decode_json(data, source=f"the body in {where}")
 
 
 def body_from(args: argparse.Namespace) -> Any:
@@ -527,4 +494,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "tick": tick_command,
     "notify": notify_command,
     "serve": serve_command,
+    "policy": policy_command,
 }

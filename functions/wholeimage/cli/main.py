@@ -5,7 +5,7 @@
 settings as the functions (the environment) and calls the same use cases directly, no HTTP
 in between: ``submit`` (create, and ``--wait`` drives check until the verdict), ``status``,
 ``list``, ``tick`` (one check tick: what a CronJob or a crontab line runs), ``notify``,
-and ``serve`` (the three functions in one process). The local IMS emulator is a development
+``serve`` (the three functions in one process) and ``policy`` (lifecycle policies). The local IMS emulator is a development
 tool outside the package: ``python -m ims_emulator`` (``tools/ims_emulator/README.md``).
 
 This module only parses: it imports nothing beyond the standard library, so ``--help`` and usage
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tick(commands)
     _add_notify(commands)
     _add_serve(commands)
+    _add_policy(commands)
     return parser
 
 
@@ -178,8 +179,11 @@ def command(
     name: str,
     help_text: str,
     description: str,
+    *,
+    group: str | None = None,
 ) -> argparse.ArgumentParser:
-    """One command's parser, with ``--json`` and the exit codes in its help."""
+    """One command's parser, with ``--json`` and the exit codes in its help; ``group`` names
+    the command it belongs to (``policy``), if any."""
     parser = commands.add_parser(
         name,
         parents=[_COMMON],
@@ -188,7 +192,7 @@ def command(
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _SUBCOMMANDS[name] = parser
+    _SUBCOMMANDS[f"{group} {name}" if group else name] = parser
     return parser
 
 
@@ -330,6 +334,70 @@ def _add_serve(commands: _Commands) -> None:
         metavar="PATH",
         help="functions/main.py to serve (default: the one beside the wholeimage package)",
     )
+
+
+def _add_policy(commands: _Commands) -> None:
+    """The ``policy`` commands."""
+    policy = commands.add_parser(
+        "policy",
+        help="manage image lifecycle policies (like /policies of create)",
+        description="Apply, list, show, pause, resume and delete image lifecycle policies "
+        "(schemas/policy.schema.json, docs/policies.md), as PUT, GET, DELETE and POST "
+        "/policies of the create function do. The check function runs their slots.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _SUBCOMMANDS["policy"] = policy
+    actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    apply = command(
+        actions,
+        "apply",
+        "validate and store a policy document (like PUT /policies/NAME)",
+        "Validate the policy document in FILE against schemas/policy.schema.json (every "
+        "failing field is listed, and each source's create request is checked under "
+        "WHOLEIMAGE_CLOUD), then store it under its name, replacing a policy of that name. "
+        "FILE is JSON only (- reads stdin): YAML would need a parser wholeimage does not "
+        "install; convert it first, e.g. with yq -o json. A new policy's first slot is the "
+        "first after now; a replaced one keeps its next slot unless its schedule changed or "
+        "it goes from disabled to enabled. A pause stays.",
+        group="policy",
+    )
+    apply.add_argument("file", metavar="FILE", help="the policy document, JSON; - reads stdin")
+    command(
+        actions,
+        "list",
+        "list every policy",
+        "List every policy by name: enabled, paused, failures in a row, next and last slot.",
+        group="policy",
+    )
+    for name, help_text, description in (
+        (
+            "show",
+            "show one policy with its latest runs and deletions",
+            "Show a policy: its document, its state, its latest runs and the images its "
+            "retention rotated out. Exit 4 when there is no such policy.",
+        ),
+        (
+            "pause",
+            "pause a policy: none of its slots runs until it is resumed",
+            "Pause the policy (reason: paused by an operator). Pausing a paused policy changes "
+            "nothing. Exit 4 when there is no such policy.",
+        ),
+        (
+            "resume",
+            "resume a paused policy from its next slot",
+            "Resume the policy, its failures counted from 0; its next slot is the first after "
+            "now (slots missed while paused are not run). Exit 4 when there is no such policy.",
+        ),
+        (
+            "delete",
+            "delete a policy (its images stay)",
+            "Forget the policy: no slot of it runs again. Its images are not deleted; its runs "
+            "and pending deletions stay tracked. Exit 4 when there is no such policy.",
+        ),
+    ):
+        action = command(actions, name, help_text, description, group="policy")
+        action.add_argument("name", metavar="NAME", help="the policy's name")
 
 
 # argparse cannot say "only with" or "not with": without this, a flag that means nothing

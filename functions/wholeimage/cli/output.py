@@ -13,7 +13,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, timed out or stayed unconfirmed (submit --wait, status), or the tick aborted
 EXIT_USAGE = 2  # bad arguments, an invalid body, or a setting missing or malformed
 EXIT_UNAVAILABLE = 3  # IMS or the state store is unavailable: retry later
-EXIT_NOT_FOUND = 4  # no tracked job has this id
+EXIT_NOT_FOUND = 4  # no tracked job has this id, or no policy this name
 
 # Where the project's dependencies are (scripts/setup-venv.sh makes .venv): what a command run
 # by another Python than the venv's lacks.
@@ -42,7 +42,7 @@ exit codes:
      listed), a setting missing or malformed (the message names the variable), IMS refused the
      request or our credentials
   3  IMS or the state store is unavailable, or the outcome is uncertain: retry later
-  4  not found: no tracked job has this id
+  4  not found: no tracked job has this id, or no policy this name
 
 Every command takes --json: the answer as JSON on stdout (the same bodies as the HTTP
 functions); errors as {"error": {...}} on stderr. Without it, tables for people. Progress and

@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from wholeimage.bootstrap import Dependencies
 from wholeimage.create import submit_create
-from wholeimage.errors import ConfigurationError
 from wholeimage.lifecycle.plan import PolicyPlan, plan_policy
 from wholeimage.lifecycle.runs import LifecycleConfig, LifecycleSummary, RunOutbox, run_lifecycle
 from wholeimage.models import CreateImageRequest, Job
@@ -17,21 +15,9 @@ from wholeimage.notify import notifications_for
 from wholeimage.policies import Policy
 from wholeimage.results import JobResult, console_url
 from wholeimage.service.outbox import channels
+from wholeimage.service.policies import policy_store
 from wholeimage.service.ports import ims_client
-from wholeimage.store.base import SqlJobStore
 from wholeimage.store.records import Notification
-
-
-def policy_store(deps: Dependencies) -> SqlJobStore[Any]:
-    """The store, with its policy tables (both stores have them).
-
-    Raises:
-        ConfigurationError: the store is not one of ours (a test's stand-in).
-    """
-    store = deps.store
-    if not isinstance(store, SqlJobStore):
-        raise ConfigurationError("the state store has no lifecycle policies")
-    return store
 
 
 def run_outbox(deps: Dependencies) -> RunOutbox | None:

@@ -1,4 +1,5 @@
-"""The ``create`` function's edge: ``POST`` submits a request, ``GET`` reads a tracked job."""
+"""The ``create`` function's edge: ``POST`` submits a request, ``GET`` reads a tracked job, and
+``/policies`` manages lifecycle policies (``wholeimage.web.policies``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from wholeimage.web.http import (
     read_envelope,
     status_url,
 )
+from wholeimage.web.policies import answer_policies, is_policies_path
 
 # Ids are short and plain; anything else (a NUL, say) cannot name a job.
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -28,9 +30,12 @@ _PLAIN_ID_RULE = "1 to 128 letters, digits, '.', '_' or '-'"
 def handle_create(
     request: Request, dependencies: Callable[[], Dependencies] = get_dependencies
 ) -> Response:
-    """The ``create`` function: POST submits, GET reads a tracked job."""
+    """The ``create`` function: POST submits, GET reads a tracked job; ``/policies`` paths
+    manage policies."""
     try:
         deps = dependencies()
+        if is_policies_path(request.path):
+            return answer_policies(request, deps)
         authenticated(request, deps, ("GET", "POST"))
         # The platform's temporary credentials, when it sent any, sign this request's IMS calls
         # only (docs/platform-credentials.md).

@@ -193,6 +193,24 @@ def read_envelope(request: Request, data: bytes | None = None) -> Envelope:
     return Envelope(decode_json(data), idempotency_key=key, requested_by=key)
 
 
+def read_json(request: Request) -> Any:
+    """The body as one JSON document (``Content-Type: application/json``), bounded in size.
+
+    Raises:
+        UnsupportedMediaTypeError: the body is not declared as JSON.
+        PayloadTooLargeError: over ``MAX_BODY_BYTES``.
+        RequestInvalidError: empty, not UTF-8 or not JSON.
+    """
+    content_type = request.headers.get("Content-Type", "")
+    if not _is_json_media_type(content_type):
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        raise UnsupportedMediaTypeError(
+            "the body must be JSON (Content-Type: application/json)",
+            details=[{"path": "header:Content-Type", "message": f"got {media_type or 'nothing'}"}],
+        )
+    return decode_json(read_body(request))
+
+
 def status_url(request: Request, *, ims_job_id: str | None, request_id: str) -> str:
     """Where a caller reads the job: this URL with ``?job_id=`` (or ``?request_id=``).
 
