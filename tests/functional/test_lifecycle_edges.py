@@ -1,0 +1,269 @@
+"""The policies' part of a tick (``lifecycle.runs.run_lifecycle``) at its edges, on both stores.
+
+Driven directly: the real store, ``FakeImsClient`` for IMS (creates, its tagged image list,
+deletes and ``find_image``), the create use case for ``submit``, and a simulated clock (``now``
+and ``monotonic``) the tests move. A job "ends" the way ``check`` ends it (``claim_due`` then
+``record_polls``), and IMS then lists its image with the policy's two tags.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.fakes import FakeImsClient
+from wholeimage.create import submit_create
+from wholeimage.errors import (
+    UpstreamUnavailableError,
+)
+from wholeimage.ims.client import ImageSummary
+from wholeimage.lifecycle.runs import LifecycleConfig, LifecycleSummary, run_lifecycle
+from wholeimage.models import POLICY_TAG_KEY, SOURCE_TAG_KEY, CreateImageRequest, Job, JobStatus
+from wholeimage.policies import Policy, policy_from_document
+from wholeimage.results import JobResult
+from wholeimage.store.records import Notification, PollUpdate
+
+pytestmark = pytest.mark.usefixtures("store_kind")
+
+VAULT = "99999999-9999-4999-8999-999999999999"
+CHANNELS = ("ops", "cmdb")
+START = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def instance(n: int) -> str:
+    return f"{n:08d}-1111-4111-8111-111111111111"
+
+
+def document(name: str = "nightly", sources: int = 2, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": name,
+        "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
+        "sources": [
+            {"instance_id": instance(n), "vault_id": VAULT, "label": f"web-{n}"}
+            for n in range(1, sources + 1)
+        ],
+        "retention": {"keep_last": 2},
+        "pause_after_failures": 3,
+    }
+    body.update(overrides)
+    return body
+
+
+def slot(day: int, hour: int = 2) -> datetime:
+    """The ``hour``:00 UTC slot ``day`` days after START's day."""
+    return datetime(2026, 11, 2, hour, 0, tzinfo=UTC) + timedelta(days=day)
+
+
+@dataclass
+class Harness:
+    store: Any
+    ims: FakeImsClient = field(default_factory=FakeImsClient)
+    moment: datetime = START
+    mono: float = 0.0
+    keys: list[str] = field(default_factory=list)
+    made: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def at(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def submit(self, request: CreateImageRequest, key: str, requested_by: str) -> Job:
+        with self.lock:
+            self.keys.append(key)
+        return submit_create(
+            request,
+            idempotency_key=key,
+            requested_by=requested_by,
+            trace=None,
+            ims=self.ims,
+            store=self.store,
+            first_poll_after=timedelta(0),
+            now=self.now,
+        ).job
+
+    def outbox(self, result: JobResult, names: Sequence[str] | None) -> list[Notification]:
+        payload = json.dumps(result.to_json(), sort_keys=True)
+        return [
+            Notification.new(result_key=result.key, channel=c, result_json=payload, now=self.now())
+            for c in CHANNELS
+            if names is None or c in names
+        ]
+
+    def apply(self, body: dict[str, Any]) -> Policy:
+        policy = policy_from_document(body, cloud="huaweicloud")
+        self.store.put_policy(
+            policy.name,
+            policy.document(),
+            enabled=policy.enabled,
+            next_slot_at=policy.next_slot_after(self.now()),
+            reschedule=True,
+            now=self.now(),
+        )
+        return policy
+
+    def run(self, config: LifecycleConfig | None = None, **kwargs: Any) -> LifecycleSummary:
+        return run_lifecycle(
+            store=self.store,
+            ims=self.ims,
+            submit=self.submit,
+            outbox=self.outbox,
+            config=config or LifecycleConfig(),
+            now=self.now,
+            monotonic=kwargs.pop("monotonic", self.monotonic),
+            owner=kwargs.pop("owner", "tick-1"),
+        )
+
+    def list_image(
+        self, image_id: str, *, policy: str, source: str, created: datetime, status: str = "active"
+    ) -> ImageSummary:
+        image = ImageSummary(
+            image_id=image_id,
+            name=f"{source}-{created:%Y%m%d}",
+            status=status,
+            created_at=created.isoformat(),
+            tags=(f"{POLICY_TAG_KEY}={policy}", f"{SOURCE_TAG_KEY}={source}"),
+        )
+        self.ims.tagged.append(image)
+        self.ims.by_id[image_id] = image
+        return image
+
+    def end_jobs(self, status: JobStatus = JobStatus.SUCCESS, *, only: set[str] | None = None):
+        """End the due jobs (of sources ``only``) as ``check`` would; a SUCCESS's image is then
+        listed by IMS with the policy's tags."""
+        claimed = self.store.claim_due(
+            now=self.now(), owner="poller", lease_until=self.now() + timedelta(minutes=5), limit=100
+        )
+        updates = []
+        for job in claimed:
+            source = job.request.instance_id
+            if only is not None and source not in only:
+                updates.append(
+                    PollUpdate(job.request_id, job.status, self.now(), self.now(), queried=False)
+                )
+                continue
+            image_id = None
+            if status is JobStatus.SUCCESS:
+                self.made += 1
+                image_id = f"img-{self.made:04d}"
+                policy = next(
+                    t.value for t in job.request.image_tags or () if t.key == POLICY_TAG_KEY
+                )
+                self.list_image(image_id, policy=policy, source=source, created=self.now())
+            updates.append(
+                PollUpdate(
+                    job.request_id,
+                    status,
+                    self.now(),
+                    None,
+                    image_id=image_id,
+                    error_code=None if status is JobStatus.SUCCESS else "IMS.0001",
+                    fail_reason=None if status is JobStatus.SUCCESS else "the ECS is gone",
+                    ended_at=self.now(),
+                )
+            )
+        self.store.record_polls(updates, owner="poller")
+
+    def outbox_rows(self) -> list[Notification]:
+        rows: list[Notification] = self.store.claim_notifications(
+            now=self.now() + timedelta(days=365),
+            owner="reader",
+            lease_until=self.now(),  # expired at once: the next read sees the rows again
+            limit=1000,
+        )
+        return rows
+
+    def run_messages(self) -> list[dict[str, Any]]:
+        return [json.loads(row.result_json) for row in self.outbox_rows()]
+
+
+@pytest.fixture
+def h(store: Any) -> Harness:
+    return Harness(store=store)
+
+
+# --- 3. slots ----------------------------------------------------------------------------------
+
+
+def test_nothing_runs_before_the_first_slot(h: Harness) -> None:
+    h.apply(document())
+    h.at(slot(0) - timedelta(seconds=1))
+
+    summary = h.run()
+
+    assert summary.policies_run == 0
+    assert h.ims.submitted == []
+    h.at(slot(0))
+    assert h.run().policies_run == 1
+    assert len(h.ims.submitted) == 2
+
+
+def test_five_missed_days_make_only_the_latest_slot_and_say_four_were_skipped(h: Harness) -> None:
+    h.apply(document())
+    h.at(slot(4) + timedelta(minutes=1))
+
+    summary = h.run()
+
+    assert summary.slots_skipped == 4
+    assert len(h.ims.submitted) == 2
+    assert {key.rsplit(":", 1)[1] for key in h.keys} == {str(int(slot(4).timestamp()))}
+    h.end_jobs()
+    h.run()
+    [message] = [m for m in h.run_messages() if m.get("fail_reason")][:1]
+    assert "4 earlier slots from 2026-11-02 02:00 UTC skipped" in message["fail_reason"]
+
+
+def test_a_budget_that_ends_mid_policy_goes_on_next_tick_without_resending(h: Harness) -> None:
+    h.apply(document(sources=10))
+    h.at(slot(0) + timedelta(minutes=1))
+
+    # The clock's budget runs out once two sources are submitted.
+    def spend_budget() -> None:
+        if len(h.ims.submitted) == 2:
+            h.mono += 1000.0
+
+    h.ims.on_submit = spend_budget
+
+    first = h.run(LifecycleConfig(time_budget=60.0))
+    h.mono = 0.0  # a new tick, a new budget
+
+    assert first.budget_exhausted
+    assert len(h.ims.submitted) == 2
+    h.ims.on_submit = None
+    h.at(slot(0) + timedelta(minutes=2))
+    h.run()
+
+    assert len(h.ims.submitted) == 10
+    submitted = [body["instance_id"] for body in h.ims.submitted]
+    assert sorted(submitted) == sorted({instance(n) for n in range(1, 11)})
+
+
+def test_a_throttled_create_is_retried_next_tick_with_the_same_key(h: Harness) -> None:
+    h.apply(document(sources=1))
+    h.ims.script = [UpstreamUnavailableError("slow down", retry_after=10)]
+    h.at(slot(0) + timedelta(minutes=1))
+
+    first = h.run()
+
+    assert sum(first.creates.values()) == 1
+    h.at(slot(0) + timedelta(minutes=3))
+    h.run()
+
+    assert len(h.ims.submitted) == 2
+    assert len(set(h.keys)) == 1
+    assert len(h.keys) == 2
+    h.end_jobs()
+    h.run()
+    [message] = h.run_messages()[:1]
+    assert message["status"] == "SUCCESS"
