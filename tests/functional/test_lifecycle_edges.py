@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,9 @@ import pytest
 from tests.fakes import FakeImsClient
 from wholeimage.create import submit_create
 from wholeimage.errors import (
+    ImageNotFoundError,
+    ImsRejectedError,
+    SubmissionUncertainError,
     UpstreamUnavailableError,
 )
 from wholeimage.ims.client import ImageSummary
@@ -27,6 +31,13 @@ from wholeimage.lifecycle.runs import LifecycleConfig, LifecycleSummary, run_lif
 from wholeimage.models import POLICY_TAG_KEY, SOURCE_TAG_KEY, CreateImageRequest, Job, JobStatus
 from wholeimage.policies import Policy, policy_from_document
 from wholeimage.results import JobResult
+from wholeimage.store.policy_records import (
+    DELETION_DELETED,
+    DELETION_FAILED,
+    DELETION_PENDING,
+    DELETION_SENT,
+    ITEM_FAILED,
+)
 from wholeimage.store.records import Notification, PollUpdate
 
 pytestmark = pytest.mark.usefixtures("store_kind")
@@ -267,3 +278,182 @@ def test_a_throttled_create_is_retried_next_tick_with_the_same_key(h: Harness) -
     h.run()
     [message] = h.run_messages()[:1]
     assert message["status"] == "SUCCESS"
+
+
+# --- 2. deletion paths -------------------------------------------------------------------------
+
+
+class FlakyFindIms(FakeImsClient):
+    """``find_image`` raises the next ``find_script`` entry first (IMS's list failing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.find_script: list[BaseException] = []
+
+    def find_image(self, image_id: str) -> ImageSummary | None:
+        if self.find_script:
+            raise self.find_script.pop(0)
+        return super().find_image(image_id)
+
+
+def refused() -> ImsRejectedError:
+    return ImsRejectedError(
+        "the image is in use", http_status=400, upstream={"code": "IMG.0051", "message": "in use"}
+    )
+
+
+def rotation(h: Harness) -> ImageSummary:
+    """A policy keeping 1 image of one source that already has an old one; its slot's image
+    succeeds and the tick that sees it decides to delete the old one (and sends the delete)."""
+    h.apply(document(sources=1, retention={"keep_last": 1}))
+    old = h.list_image(
+        "old", policy="nightly", source=instance(1), created=START - timedelta(days=3)
+    )
+    h.at(slot(0) + timedelta(minutes=1))
+    h.run()
+    h.at(slot(0) + timedelta(minutes=30))
+    h.end_jobs()
+    return old
+
+
+def deletion(h: Harness) -> Any:
+    [found] = h.store.list_deletions(policy="nightly")
+    return found
+
+
+def report_of(h: Harness) -> dict[str, Any]:
+    messages = h.run_messages()
+    assert len(messages) == len(CHANNELS)  # one per channel
+    return messages[0]
+
+
+def test_a_204_while_ims_still_lists_the_image_is_confirmed_once_it_is_gone(h: Harness) -> None:
+    old = rotation(h)
+    h.run()
+    assert deletion(h).state == DELETION_SENT
+    h.ims.by_id["old"] = old  # IMS answered 204 but still lists it for a while
+
+    h.at(h.now() + timedelta(minutes=1))
+    h.run()
+    assert deletion(h).state == DELETION_SENT
+    assert h.run_messages() == []  # the run waits for its deletion
+    del h.ims.by_id["old"]
+    h.at(h.now() + timedelta(minutes=1))
+    h.run()
+
+    assert deletion(h).state == DELETION_DELETED
+    assert h.ims.deleted == [("old", True)]
+    message = report_of(h)
+    assert message["status"] == "SUCCESS"
+    assert "rotated out 1: " in message["fail_reason"]
+    assert "(old)" in message["fail_reason"]
+
+
+def test_an_uncertain_delete_is_asked_about_and_never_resent(h: Harness) -> None:
+    rotation(h)
+    h.ims.delete_script = [SubmissionUncertainError("the answer was lost")]
+    h.run()
+    assert deletion(h).state == DELETION_SENT
+    del h.ims.by_id["old"]  # the lost delete did delete it
+
+    h.at(h.now() + timedelta(minutes=1))
+    summary = h.run()
+
+    assert deletion(h).state == DELETION_DELETED
+    assert summary.deletions["deleted"] == 1
+    assert h.ims.deleted == [("old", True)]
+    assert report_of(h)["status"] == "SUCCESS"
+
+
+def test_three_certain_refusals_fail_the_deletion_and_the_run_says_so(h: Harness) -> None:
+    rotation(h)
+    h.ims.delete_script = [refused(), refused(), refused()]
+    h.run()
+    for wait in (5, 10):  # retry_delay times the attempts
+        assert deletion(h).state == DELETION_PENDING
+        h.at(h.now() + timedelta(minutes=wait, seconds=1))
+        h.run()
+
+    found = deletion(h)
+    assert found.state == DELETION_FAILED
+    assert found.attempts == 3
+    assert len(h.ims.deleted) == 3
+    message = report_of(h)
+    assert message["status"] == "FAIL"
+    assert "could not delete 1: " in message["fail_reason"]
+    assert "(old): IMG.0051" in message["fail_reason"]
+    assert "IMG.0051" in message["fail_reason"]
+
+
+def test_an_image_already_gone_is_deleted(h: Harness) -> None:
+    rotation(h)
+    h.ims.delete_script = [
+        ImageNotFoundError("no such image", http_status=404, upstream={"code": "IMG.0027"})
+    ]
+
+    h.run()
+
+    assert deletion(h).state == DELETION_DELETED
+    assert report_of(h)["status"] == "SUCCESS"
+
+
+def test_a_throttled_delete_does_not_count_as_an_attempt(h: Harness) -> None:
+    rotation(h)
+    h.ims.delete_script = [
+        UpstreamUnavailableError("slow down", retry_after=120),
+        refused(),
+        refused(),
+    ]
+    h.run()
+    throttled = deletion(h)
+    assert throttled.state == DELETION_PENDING
+    assert throttled.attempts == 0
+    assert throttled.next_attempt_at >= h.now() + timedelta(seconds=120)  # Retry-After honoured
+
+    for wait in (2, 5):
+        h.at(h.now() + timedelta(minutes=wait, seconds=1))
+        h.run()
+
+    # Two refusals after the throttling: one attempt left, not spent.
+    assert deletion(h).state == DELETION_PENDING
+    assert deletion(h).attempts == 2
+    h.at(h.now() + timedelta(minutes=10, seconds=1))
+    h.run()
+    assert deletion(h).state == DELETION_SENT  # the third attempt got its 204 ...
+    h.at(h.now() + timedelta(minutes=1))
+    h.run()
+    assert deletion(h).state == DELETION_DELETED  # ... and IMS no longer lists it
+
+
+def test_a_failing_image_query_keeps_the_deletion_sent(store: Any) -> None:
+    h = Harness(store=store, ims=FlakyFindIms())
+    old = rotation(h)
+    h.run()
+    h.ims.by_id["old"] = old
+    h.ims.find_script = [UpstreamUnavailableError("down", retry_after=1)]
+
+    h.at(h.now() + timedelta(minutes=1))
+    summary = h.run()
+
+    assert summary.errors["image_query"] == 1
+    assert deletion(h).state == DELETION_SENT
+    del h.ims.by_id["old"]
+    h.at(h.now() + timedelta(minutes=1))
+    h.run()
+    assert deletion(h).state == DELETION_DELETED
+    assert len(h.ims.deleted) == 1
+
+
+def test_an_image_still_listed_long_after_its_204_is_deleted_again(h: Harness) -> None:
+    old = rotation(h)
+    h.run()
+    h.ims.by_id["old"] = old
+
+    h.at(h.now() + timedelta(minutes=31))  # beyond resend_after
+    h.run()
+    assert deletion(h).state == DELETION_PENDING
+    h.at(h.now() + timedelta(seconds=1))
+    h.run()
+
+    assert h.ims.deleted == [("old", True), ("old", True)]
+    assert deletion(h).attempts == 2
