@@ -426,11 +426,12 @@ def test_a_throttled_delete_does_not_count_as_an_attempt(h: Harness) -> None:
 
 
 def test_a_failing_image_query_keeps_the_deletion_sent(store: Any) -> None:
-    h = Harness(store=store, ims=FlakyFindIms())
+    ims = FlakyFindIms()
+    h = Harness(store=store, ims=ims)
     old = rotation(h)
     h.run()
     h.ims.by_id["old"] = old
-    h.ims.find_script = [UpstreamUnavailableError("down", retry_after=1)]
+    ims.find_script = [UpstreamUnavailableError("down", retry_after=1)]
 
     h.at(h.now() + timedelta(minutes=1))
     summary = h.run()
@@ -457,3 +458,215 @@ def test_an_image_still_listed_long_after_its_204_is_deleted_again(h: Harness) -
 
     assert h.ims.deleted == [("old", True), ("old", True)]
     assert deletion(h).attempts == 2
+
+
+def test_a_refused_create_fails_its_item_and_the_other_sources_go_on(h: Harness) -> None:
+    h.apply(document(sources=3))
+    h.ims.script = ["job-1", refused()]  # the second source's create is refused
+    h.at(slot(0) + timedelta(minutes=1))
+
+    summary = h.run()
+
+    assert summary.creates["refused"] == 1
+    assert len(h.ims.submitted) == 3
+    items = {
+        item.source_id: item
+        for item in h.store.run_items(f"policy-nightly-{int(slot(0).timestamp())}")
+    }
+    assert items[instance(2)].state == ITEM_FAILED
+    assert items[instance(2)].error_code == "IMG.0051"
+    h.end_jobs()
+    h.run()
+    message = report_of(h)
+    assert message["status"] == "FAIL"
+    assert "Created 2" in message["fail_reason"]
+    assert "failed 1: web-2-20261102-0200: IMG.0051" in message["fail_reason"]
+
+
+def test_a_policy_deleted_while_its_run_is_open_is_still_reported_once(h: Harness) -> None:
+    h.apply(document())
+    h.at(slot(0) + timedelta(minutes=1))
+    h.run()
+    assert h.store.delete_policy("nightly")
+
+    h.at(slot(0) + timedelta(minutes=30))
+    h.end_jobs()
+    h.run()
+    h.at(slot(0) + timedelta(minutes=40))
+    h.run()
+
+    message = report_of(h)  # once per channel
+    assert message["status"] == "SUCCESS"
+    assert "Created 2" in message["fail_reason"]
+
+
+def put_document(h: Harness, name: str, text: str) -> None:
+    """Overwrite a stored policy's document (as a bad migration or hand edit would)."""
+    with h.store._transaction() as handle:
+        h.store._run(
+            handle, "UPDATE policies SET document = :d WHERE name = :n", {"d": text, "n": name}
+        )
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '{"name": "broken", "schedule": 5}',
+        '["not", "a", "policy"]',
+        # Reads as a Policy, but its schedule is no cron expression.
+        json.dumps({**document("broken"), "schedule": {"cron": "every day", "timezone": "UTC"}}),
+        json.dumps(
+            {**document("broken"), "schedule": {"cron": "0 2 * * *", "timezone": "Mars/Base"}}
+        ),
+    ],
+)
+def test_an_unreadable_stored_policy_is_paused_and_the_others_run(h: Harness, broken: str) -> None:
+    h.apply(document("broken", sources=1))
+    h.apply(document("nightly", sources=1))
+    put_document(h, "broken", broken)
+    h.at(slot(0) + timedelta(minutes=1))
+
+    h.run()
+    h.at(slot(0) + timedelta(minutes=20))
+    h.run()
+
+    record = h.store.get_policy("broken")
+    assert record.paused
+    assert "cannot be read" in (record.paused_reason or "")
+    assert [body["name"] for body in h.ims.submitted] == ["web-1-20261102-0200"]
+    assert all(key.startswith("policy:nightly:") for key in h.keys)
+
+
+# --- 4. exactly once -----------------------------------------------------------------------------
+
+
+def ended_run(h: Harness) -> None:
+    h.apply(document())
+    h.at(slot(0) + timedelta(minutes=1))
+    h.run()
+    h.at(slot(0) + timedelta(minutes=30))
+    h.end_jobs()
+
+
+def test_two_concurrent_phases_write_one_message_per_channel(h: Harness) -> None:
+    ended_run(h)
+    barrier = threading.Barrier(2)
+
+    def tick(owner: str) -> None:
+        barrier.wait()
+        h.run(owner=owner)
+
+    threads = [threading.Thread(target=tick, args=(f"tick-{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    h.run()
+
+    rows = h.outbox_rows()
+    assert Counter(row.channel for row in rows) == dict.fromkeys(CHANNELS, 1)
+    assert h.store.policy_runs("nightly")[0].state == "REPORTED"
+
+
+def test_a_crash_between_the_outbox_and_marking_the_run_repeats_nothing(h: Harness) -> None:
+    from wholeimage.lifecycle.report import run_result
+
+    ended_run(h)
+    h.run(LifecycleConfig(), owner="first")  # ends the items, and reports
+    assert len(h.outbox_rows()) == 2
+    # Put the run back as a crash would have left it: in the outbox, not marked reported.
+    with h.store._transaction() as handle:
+        h.store._run(handle, "UPDATE policy_runs SET state = 'OPEN', reported_at = NULL", {})
+    [run] = h.store.unreported_runs(limit=10)
+    policy = Policy.model_validate(h.store.get_policy("nightly").document)
+    result = run_result(
+        policy,
+        run,
+        h.store.run_items(run.run_id),
+        h.store.run_deletions(run.run_id),
+        paused_reason=None,
+        now=h.now(),
+    )
+    h.store.add_notifications(h.outbox(result, None))  # the crashed tick's write, again
+
+    h.at(h.now() + timedelta(minutes=5))
+    summary = h.run()
+
+    assert summary.runs_reported == 1
+    assert Counter(row.channel for row in h.outbox_rows()) == dict.fromkeys(CHANNELS, 1)
+    assert h.store.unreported_runs(limit=10) == []
+
+
+def test_two_ticks_ending_the_same_item_record_each_deletion_once(h: Harness) -> None:
+    h.apply(document(sources=1, retention={"keep_last": 1}))
+    for n in range(3):
+        h.list_image(
+            f"old-{n}", policy="nightly", source=instance(1), created=START - timedelta(days=n + 1)
+        )
+    h.at(slot(0) + timedelta(minutes=1))
+    h.run()
+    h.at(slot(0) + timedelta(minutes=30))
+    h.end_jobs()
+    barrier = threading.Barrier(2)
+    summaries: list[LifecycleSummary] = []
+
+    def tick(owner: str) -> None:
+        barrier.wait()
+        summaries.append(h.run(owner=owner))
+
+    threads = [threading.Thread(target=tick, args=(f"tick-{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(s.items_ended["SUCCESS"] for s in summaries) == 1
+    assert sorted(d.image_id for d in h.store.list_deletions(policy="nightly")) == [
+        "old-0",
+        "old-1",
+        "old-2",
+    ]
+    assert sorted(image_id for image_id, _ in h.ims.deleted) == ["old-0", "old-1", "old-2"]
+
+
+# --- 5. failure counting ---------------------------------------------------------------------
+
+
+def day_with_failing_source(h: Harness, day: int, *, failing: bool) -> None:
+    h.at(slot(day) + timedelta(minutes=1))
+    h.run()
+    h.at(slot(day) + timedelta(minutes=30))
+    if failing:
+        h.end_jobs(JobStatus.FAIL, only={instance(2)})
+    h.end_jobs()
+    h.run()
+    h.at(slot(day) + timedelta(minutes=40))
+    h.run()
+
+
+def test_two_failing_runs_in_a_row_pause_the_policy(h: Harness) -> None:
+    h.apply(document(pause_after_failures=2, retention={"keep_last": 5}))
+
+    day_with_failing_source(h, 0, failing=True)
+    assert not h.store.get_policy("nightly").paused
+    day_with_failing_source(h, 1, failing=True)
+
+    record = h.store.get_policy("nightly")
+    assert record.paused
+    assert "2 runs in a row" in (record.paused_reason or "")
+    h.at(slot(2) + timedelta(minutes=1))
+    h.run()
+    assert len(h.ims.submitted) == 4  # the paused policy made nothing on day 2
+
+
+def test_a_successful_run_in_between_resets_the_count(h: Harness) -> None:
+    h.apply(document(pause_after_failures=2, retention={"keep_last": 5}))
+
+    day_with_failing_source(h, 0, failing=True)
+    day_with_failing_source(h, 1, failing=False)
+    day_with_failing_source(h, 2, failing=True)
+
+    record = h.store.get_policy("nightly")
+    assert not record.paused
+    assert record.failures == 1
+    assert len(h.ims.submitted) == 6

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from wholeimage.errors import (
     ImageNotFoundError,
     SubmissionInProgressError,
@@ -164,9 +162,13 @@ class _Phase:
             if record is not None:
                 try:
                     parsed = Policy.model_validate(record.document)
-                except ValidationError:
+                    # The model does not check the schedule (apply does): one croniter or
+                    # zoneinfo cannot read would fail every tick, so it counts as unreadable.
+                    parsed.next_slot_after(self.now())
+                except Exception:  # ValidationError, croniter's errors, ZoneInfoNotFoundError
                     log.error("a stored policy cannot be read", extra={"policy": name})
                     self.summary.errors["unreadable_policy"] += 1
+                    parsed = None
             self.policies[name] = parsed
         return self.policies[name]
 
