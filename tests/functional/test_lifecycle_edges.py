@@ -670,3 +670,86 @@ def test_a_successful_run_in_between_resets_the_count(h: Harness) -> None:
     assert not record.paused
     assert record.failures == 1
     assert len(h.ims.submitted) == 6
+
+
+# --- 6. schedules and names ----------------------------------------------------------------------
+
+
+def night_of(h: Harness, start: datetime, hours: int, every: int) -> None:
+    """Ticks every ``every`` minutes for ``hours``, ending each job at once."""
+    moment = start
+    while moment < start + timedelta(hours=hours):
+        h.at(moment)
+        h.run()
+        h.end_jobs()
+        moment += timedelta(minutes=every)
+
+
+@pytest.mark.parametrize(
+    ("night", "local_slot"),
+    [
+        # Spring forward: 02:30 does not exist that night; the day still gets one image.
+        (datetime(2027, 3, 27, 20, 0, tzinfo=UTC), None),
+        # Fall back: 02:30 happens twice; a daily policy still makes one image that day.
+        (datetime(2027, 10, 30, 20, 0, tzinfo=UTC), "20271031-0230"),
+    ],
+)
+@pytest.mark.parametrize("every", [10, 25, 60, 90])
+def test_a_0230_berlin_policy_makes_one_image_on_each_dst_night(
+    h: Harness, night: datetime, local_slot: str | None, every: int
+) -> None:
+    h.at(night)
+    h.apply(document(sources=1, schedule={"cron": "30 2 * * *", "timezone": "Europe/Berlin"}))
+
+    night_of(h, night, 12, every)
+
+    names = [body["name"] for body in h.ims.submitted]
+    assert len(names) == 1, names
+    assert len(set(h.keys)) == 1
+    if local_slot is not None:
+        assert names == [f"web-1-{local_slot}"]
+    assert h.run_messages()[0]["status"] == "SUCCESS"
+    assert "skipped" not in h.run_messages()[0]["fail_reason"]
+
+
+def test_a_cron_that_never_falls_and_a_name_too_long_are_refused_at_apply(h: Harness) -> None:
+    from wholeimage.errors import RequestInvalidError
+
+    with pytest.raises(RequestInvalidError) as never:
+        h.apply(document(schedule={"cron": "0 2 30 2 *", "timezone": "UTC"}))
+    assert never.value.details == [{"path": "$.schedule.cron", "message": "never falls on a date"}]
+    # A 64-character label (the most a label may be) in a long template: the name would pass 128.
+    long_template = "{policy}-{source}-{source}-{slot}"
+    body = document(sources=1, image={"name_template": long_template})
+    body["sources"][0]["label"] = "l" * 64
+    with pytest.raises(RequestInvalidError) as long_name:
+        h.apply(body)
+    [problem] = long_name.value.details
+    assert problem["path"] == "$.image.name_template"
+    assert "gives source 0 the name" in problem["message"]
+    assert h.store.list_policies() == []
+
+
+def test_an_upper_case_source_is_one_source_with_its_lower_case_images(h: Harness) -> None:
+    body = document(sources=1, retention={"keep_last": 1})
+    body["sources"][0]["instance_id"] = instance(1).upper()
+    h.apply(body)
+    # An image listed with the id in upper case (as an older apply may have tagged it).
+    upper = ImageSummary(
+        "old-upper",
+        "old",
+        "active",
+        created_at=(START - timedelta(days=2)).isoformat(),
+        tags=("wholeimage_policy=nightly", f"wholeimage_source={instance(1).upper()}"),
+    )
+    h.ims.tagged.append(upper)
+    h.ims.by_id["old-upper"] = upper
+    h.at(slot(0) + timedelta(minutes=1))
+    h.run()
+    h.at(slot(0) + timedelta(minutes=30))
+    h.end_jobs()
+    h.run()
+
+    assert h.keys == [f"policy:nightly:{instance(1)}:{int(slot(0).timestamp())}"]
+    assert h.ims.submitted[0]["instance_id"] == instance(1)
+    assert h.ims.deleted == [("old-upper", True)]
