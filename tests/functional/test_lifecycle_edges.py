@@ -753,3 +753,28 @@ def test_an_upper_case_source_is_one_source_with_its_lower_case_images(h: Harnes
     assert h.keys == [f"policy:nightly:{instance(1)}:{int(slot(0).timestamp())}"]
     assert h.ims.submitted[0]["instance_id"] == instance(1)
     assert h.ims.deleted == [("old-upper", True)]
+
+
+def test_a_stored_document_that_is_not_json_stops_neither_other_policies_nor_reports(
+    h: Harness,
+) -> None:
+    h.apply(document("broken", sources=1))
+    h.apply(document("nightly", sources=1))
+    h.at(slot(0) + timedelta(minutes=1))
+    h.run()
+    h.at(slot(0) + timedelta(minutes=30))
+    h.end_jobs()
+    put_document(h, "broken", "{not json")
+
+    h.run()
+    h.at(slot(1) + timedelta(minutes=1))
+    h.run()
+
+    # nightly's day-0 run is reported and its day-1 slot runs despite the broken row.
+    assert {m["request_id"] for m in h.run_messages()} >= {
+        f"policy-nightly-{int(slot(0).timestamp())}"
+    }
+    assert "web-1-20261103-0200" in [body["name"] for body in h.ims.submitted]
+    record = h.store.get_policy("broken")
+    assert record.paused
+    assert "cannot be read" in (record.paused_reason or "")

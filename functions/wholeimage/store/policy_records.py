@@ -51,7 +51,7 @@ class PolicyRecord:
         """Read a ``policies`` row."""
         return cls(
             name=row["name"],
-            document=json.loads(row["document"]),
+            document=_document(row["document"]),
             enabled=bool(row["enabled"]),
             paused=bool(row["paused"]),
             paused_reason=row["paused_reason"],
@@ -218,6 +218,16 @@ class FailureCount:
     failed: bool
     pause_after: int
     pause_reason: str
+
+
+def _document(text: str) -> dict[str, Any]:
+    """A stored document; one that is not JSON reads as empty, which no ``Policy`` accepts, so
+    the tick pauses that policy instead of failing on it (and on every policy claimed with it)."""
+    try:
+        document: dict[str, Any] = json.loads(text)
+    except ValueError:
+        return {}
+    return document
 
 
 def _moment(value: float) -> datetime:
