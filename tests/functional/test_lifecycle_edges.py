@@ -778,3 +778,38 @@ def test_a_stored_document_that_is_not_json_stops_neither_other_policies_nor_rep
     record = h.store.get_policy("broken")
     assert record.paused
     assert "cannot be read" in (record.paused_reason or "")
+
+
+def test_a_successful_run_still_confirming_a_deletion_breaks_the_row_of_failures(
+    h: Harness,
+) -> None:
+    # Hourly; run 0 fails, run 1 succeeds but its deletion is still being confirmed (IMS lists
+    # the image after its 204) when run 2 fails: that is not two failed runs in a row.
+    h.apply(
+        document(
+            pause_after_failures=2,
+            retention={"keep_last": 1},
+            schedule={"cron": "0 * * * *", "timezone": "UTC"},
+        )
+    )
+    first = datetime(2026, 11, 1, 13, 0, tzinfo=UTC)
+    h.at(first + timedelta(minutes=1))
+    h.run()
+    h.end_jobs(JobStatus.FAIL, only={instance(2)})
+    h.end_jobs()
+    h.run()
+    h.at(first + timedelta(hours=1, minutes=1))
+    h.run()
+    h.at(first + timedelta(hours=1, minutes=20))
+    h.end_jobs()
+    h.run()  # run 1 succeeded; source 1's image of run 0 is rotated out (a 204) ...
+    for image_id, _ in h.ims.deleted:
+        h.ims.by_id[image_id] = ImageSummary(image_id, image_id, "active")  # ... still listed
+    h.at(first + timedelta(hours=2, minutes=1))
+    h.run()
+    h.at(first + timedelta(hours=2, minutes=20))
+    h.end_jobs(JobStatus.FAIL, only={instance(2)})
+    h.run()
+
+    assert h.ims.deleted  # run 1 did rotate an image out
+    assert not h.store.get_policy("nightly").paused

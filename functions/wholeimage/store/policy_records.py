@@ -212,7 +212,7 @@ class FailureCount:
 
     ``failed``: the item's run counts as failed; the first failed item of a run adds one to the
     count (and pauses the policy at ``pause_after`` with ``pause_reason``). A run without a
-    failure sets the count back to 0 when it is reported.
+    failure sets the count back to 0 once all its sources were submitted and their items ended.
     """
 
     failed: bool
