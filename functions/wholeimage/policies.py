@@ -122,9 +122,13 @@ class Policy(BaseModel):
         """The first slot strictly after ``moment``, in UTC."""
         from croniter import croniter  # noqa: PLC0415 - only check and the CLI evaluate schedules
 
-        local = moment.astimezone(self.zone)
-        found = croniter(self.schedule.cron, local).get_next(datetime)
-        return _utc(found)
+        iterator = croniter(self.schedule.cron, moment.astimezone(self.zone))
+        while True:
+            found = _utc(iterator.get_next(datetime))
+            # A wall time a fall-back repeats is one slot, at its first occurrence (as cron
+            # runs it): a daily 02:30 makes one image that night, not two of one name.
+            if self._first_occurrence(found) == found:
+                return found
 
     def latest_slot_at_or_before(self, moment: datetime) -> datetime:
         """The last slot at or before ``moment``, in UTC."""
@@ -132,8 +136,20 @@ class Policy(BaseModel):
 
         # croniter's get_prev is strict: start a second past the (whole-second) moment.
         start = moment.astimezone(self.zone).replace(microsecond=0) + timedelta(seconds=1)
-        found = croniter(self.schedule.cron, start).get_prev(datetime)
-        return _utc(found)
+        found = self._first_occurrence(_utc(croniter(self.schedule.cron, start).get_prev(datetime)))
+        # Across a fall-back croniter's get_prev can land a day early: step on to the last slot.
+        while (following := self.next_slot_after(found)) <= moment:
+            found = following
+        return found
+
+    def _first_occurrence(self, moment: datetime) -> datetime:
+        """``moment``, or when its local wall time is the second of a fall-back's two, the first."""
+        local = moment.astimezone(self.zone)
+        if local.fold:
+            first = local.replace(fold=0)
+            if first.utcoffset() != local.utcoffset():
+                return _utc(first)
+        return moment
 
     def slots_between(self, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
         """Slots in ``(after, until]``, at most ``limit`` of them (the earliest)."""

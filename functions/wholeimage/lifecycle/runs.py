@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from wholeimage.errors import (
     ImageNotFoundError,
     SubmissionInProgressError,
@@ -61,6 +59,7 @@ from wholeimage.store.policy_records import (
     ITEM_CREATING,
     ITEM_DONE,
     ITEM_FAILED,
+    RUN_CREATING,
     FailureCount,
     ImageDeletion,
     PolicyItem,
@@ -163,9 +162,13 @@ class _Phase:
             if record is not None:
                 try:
                     parsed = Policy.model_validate(record.document)
-                except ValidationError:
+                    # The model does not check the schedule (apply does): one croniter or
+                    # zoneinfo cannot read would fail every tick, so it counts as unreadable.
+                    parsed.next_slot_after(self.now())
+                except Exception:  # ValidationError, croniter's errors, ZoneInfoNotFoundError
                     log.error("a stored policy cannot be read", extra={"policy": name})
                     self.summary.errors["unreadable_policy"] += 1
+                    parsed = None
             self.policies[name] = parsed
         return self.policies[name]
 
@@ -426,7 +429,10 @@ class _Phase:
     def run_slot(self, policy: Policy, due_from: datetime, failures: int) -> None:
         now = self.now()
         slot = policy.latest_slot_at_or_before(now)
-        if slot < due_from:
+        # A slot left unfinished (budget, throttling) is due again at its retry time, after the
+        # slot itself: its run still creating says to go on with it.
+        unfinished = self.store.get_run(policy.run_id(slot))
+        if slot < due_from and (unfinished is None or unfinished.state != RUN_CREATING):
             # Not due after all (the schedule changed under the lease): look again at its slot.
             self.release(policy, next_slot_at=policy.next_slot_after(now), slot=None)
             return

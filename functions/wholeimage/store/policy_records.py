@@ -51,7 +51,7 @@ class PolicyRecord:
         """Read a ``policies`` row."""
         return cls(
             name=row["name"],
-            document=json.loads(row["document"]),
+            document=_document(row["document"]),
             enabled=bool(row["enabled"]),
             paused=bool(row["paused"]),
             paused_reason=row["paused_reason"],
@@ -212,12 +212,22 @@ class FailureCount:
 
     ``failed``: the item's run counts as failed; the first failed item of a run adds one to the
     count (and pauses the policy at ``pause_after`` with ``pause_reason``). A run without a
-    failure sets the count back to 0 when it is reported.
+    failure sets the count back to 0 once all its sources were submitted and their items ended.
     """
 
     failed: bool
     pause_after: int
     pause_reason: str
+
+
+def _document(text: str) -> dict[str, Any]:
+    """A stored document; one that is not JSON reads as empty, which no ``Policy`` accepts, so
+    the tick pauses that policy instead of failing on it (and on every policy claimed with it)."""
+    try:
+        document: dict[str, Any] = json.loads(text)
+    except ValueError:
+        return {}
+    return document
 
 
 def _moment(value: float) -> datetime:

@@ -51,6 +51,14 @@ ENDED_SQL = status_list(ENDED)
 _LEASABLE = "(lease_expires_at IS NULL OR lease_expires_at < :now)"
 _DUE_POLICIES = f"enabled = 1 AND paused = 0 AND next_slot_at <= :now AND {_LEASABLE}"
 _DUE_DELETIONS = f"state IN ('PENDING', 'SENT') AND next_attempt_at <= :now AND {_LEASABLE}"
+# A run whose sources were all submitted and whose items all ended without a failure breaks
+# its policy's row of failed runs (when that happens, not when its deletions end and it is
+# reported: a later run may have failed meanwhile, or may fail before).
+_RESET_FAILURES = (
+    "UPDATE policies SET failures = 0 WHERE name = (SELECT r.policy FROM policy_runs r "
+    f"WHERE r.run_id = :run_id AND r.failed = 0 AND r.state <> '{RUN_CREATING}' AND NOT EXISTS "
+    f"(SELECT 1 FROM policy_items i WHERE i.run_id = r.run_id AND i.state = '{ITEM_CREATING}'))"
+)
 
 
 class PolicyStoreMixin(Generic[Handle]):
@@ -284,7 +292,7 @@ class PolicyStoreMixin(Generic[Handle]):
     def close_run_creation(self, run_id: str) -> bool:
         """Every source of the run was submitted: the run waits for its items' ends."""
         with self._transaction() as handle:
-            return (
+            closed = (
                 self._run(
                     handle,
                     "UPDATE policy_runs SET state = :open WHERE run_id = :run_id AND state = :creating",
@@ -292,6 +300,9 @@ class PolicyStoreMixin(Generic[Handle]):
                 )
                 == 1
             )
+            if closed:  # its items may all have ended already
+                self._run(handle, _RESET_FAILURES, {"run_id": run_id})
+            return closed
 
     def get_run(self, run_id: str) -> PolicyRun | None:
         """One run."""
@@ -387,6 +398,8 @@ class PolicyStoreMixin(Generic[Handle]):
                     row,
                 )
             paused = self._count_failure(handle, item, failure, now)
+            if not failure.failed:
+                self._run(handle, _RESET_FAILURES, {"run_id": item.run_id})
         return True, paused
 
     def _count_failure(
@@ -465,8 +478,7 @@ class PolicyStoreMixin(Generic[Handle]):
             )
 
     def mark_run_reported(self, run_id: str, *, now: datetime) -> bool:
-        """The run's message is in the outbox: True the first time. A run without a failed
-        item sets its policy's count of failed runs in a row back to 0."""
+        """The run's message is in the outbox: True the first time."""
         with self._transaction() as handle:
             reported = (
                 self._run(
@@ -482,13 +494,6 @@ class PolicyStoreMixin(Generic[Handle]):
                 )
                 == 1
             )
-            if reported:
-                self._run(
-                    handle,
-                    "UPDATE policies SET failures = 0 WHERE name = "
-                    "(SELECT policy FROM policy_runs WHERE run_id = :run_id AND failed = 0)",
-                    {"run_id": run_id},
-                )
             return reported
 
     def policy_runs(self, policy: str, *, limit: int = 20) -> list[PolicyRun]:
