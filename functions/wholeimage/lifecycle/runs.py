@@ -429,10 +429,10 @@ class _Phase:
     def run_slot(self, policy: Policy, due_from: datetime, failures: int) -> None:
         now = self.now()
         slot = policy.latest_slot_at_or_before(now)
-        # A slot left unfinished (budget, throttling) is due again at its retry time, after the
-        # slot itself: its run still creating says to go on with it.
-        unfinished = self.store.get_run(policy.run_id(slot))
-        if slot < due_from and (unfinished is None or unfinished.state != RUN_CREATING):
+        # A slot left unfinished (budget, throttling) stays the due slot; its run still creating
+        # also says to go on with it, should the due time have been moved past the slot.
+        current = self.store.get_run(policy.run_id(slot))
+        if slot < due_from and (current is None or current.state != RUN_CREATING):
             # Not due after all (the schedule changed under the lease): look again at its slot.
             self.release(policy, next_slot_at=policy.next_slot_after(now), slot=None)
             return
