@@ -398,6 +398,36 @@ def _add_policy(commands: _Commands) -> None:
     ):
         action = command(actions, name, help_text, description, group="policy")
         action.add_argument("name", metavar="NAME", help="the policy's name")
+    plan = command(
+        actions,
+        "plan",
+        "show what the next slots would create and rotate out, without any IMS write",
+        "For the policy NAME (every policy without it): the images each of the next --slots "
+        "slots would create, and which of the policy's existing images (read from IMS's image "
+        "list, the only IMS call) retention would then delete, and why each is kept or dropped "
+        "(docs/policies.md §5). Exit 3 when IMS's list could not be read (the creates are "
+        "still shown), 4 when there is no such policy.",
+        group="policy",
+    )
+    plan.add_argument("name", metavar="NAME", nargs="?", help="the policy's name; all without it")
+    plan.add_argument(
+        "--slots",
+        type=_plan_slots,
+        default=3,
+        metavar="N",
+        help="how many slots ahead, 1 to 100 (default 3)",
+    )
+
+
+def _plan_slots(text: str) -> int:
+    """``--slots``: 1 to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be 1 to 100")
+    return value
 
 
 # argparse cannot say "only with" or "not with": without this, a flag that means nothing

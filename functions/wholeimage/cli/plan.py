@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from wholeimage.lifecycle.plan import PLANNED_ID_PREFIX, PlannedImage, PolicyPlan
 
 
@@ -22,7 +24,10 @@ def plan_text(plans: list[PolicyPlan]) -> str:
             lines.append(f"  ! {plan.error}")
         lines.append(f"  images of the policy IMS lists now: {plan.images_read}")
         for slot in plan.slots:
-            lines.append(f"  slot {slot.slot_at:%Y-%m-%d %H:%M} UTC")
+            local = slot.slot_at.astimezone(ZoneInfo(plan.timezone))
+            lines.append(
+                f"  slot {local:%Y-%m-%d %H:%M} {plan.timezone} ({slot.slot_at:%H:%M} UTC)"
+            )
             lines.extend(f"    + create {image.name}" for image in slot.creates)
             lines.extend(f"    - delete {_image(image)}: {image.reason}" for image in slot.deletes)
         if plan.kept:

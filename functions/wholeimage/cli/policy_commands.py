@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from wholeimage.cli import tables
 from wholeimage.cli.inputs import dependencies, read_json
-from wholeimage.cli.output import EXIT_OK, Output
+from wholeimage.cli.output import EXIT_OK, EXIT_UNAVAILABLE, Output
 from wholeimage.service.policies import (
     PolicyDetails,
     delete_policy,
@@ -190,6 +190,16 @@ def policy_delete_command(args: argparse.Namespace, output: Output) -> int:
     return EXIT_OK
 
 
+def policy_plan_command(args: argparse.Namespace, output: Output) -> int:
+    """``policy plan [NAME] [--slots N]``: exit 3 when IMS's image list could not be read."""
+    from wholeimage.cli.plan import plan_text  # noqa: PLC0415 - croniter, IMS: only for plan
+    from wholeimage.service.lifecycle import plan_policies  # noqa: PLC0415
+
+    plans = plan_policies(dependencies(), name=args.name, slots=args.slots)
+    output.answer({"plans": [plan.as_json() for plan in plans]}, plan_text(plans))
+    return EXIT_UNAVAILABLE if any(plan.error for plan in plans) else EXIT_OK
+
+
 POLICY_COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "apply": policy_apply_command,
     "list": policy_list_command,
@@ -197,6 +207,7 @@ POLICY_COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "pause": policy_pause_command,
     "resume": policy_resume_command,
     "delete": policy_delete_command,
+    "plan": policy_plan_command,
 }
 
 

@@ -64,6 +64,7 @@ class PolicyPlan:
 
     name: str
     state: str
+    timezone: str = "UTC"
     slots: list[PlannedSlot] = field(default_factory=list)
     kept: list[PlannedImage] = field(default_factory=list)
     images_read: int = 0
@@ -74,6 +75,7 @@ class PolicyPlan:
         return {
             "name": self.name,
             "state": self.state,
+            "timezone": self.timezone,
             "images_read": self.images_read,
             "error": self.error,
             "slots": [slot.as_json() for slot in self.slots],
@@ -114,7 +116,7 @@ def plan_policy(
     policy: Policy, record: PolicyRecord, ims: ImsClient, *, slots: int, now: datetime
 ) -> PolicyPlan:
     """The plan of ``policy`` (the module docstring); IMS is only read."""
-    plan = PolicyPlan(name=policy.name, state=_state(record))
+    plan = PolicyPlan(name=policy.name, state=_state(record), timezone=policy.schedule.timezone)
     moments = planned_slots(policy, record, slots=slots, now=now)
     try:
         listed = ims.list_images_by_tag(tag_key=POLICY_TAG_KEY, tag_value=policy.name)
