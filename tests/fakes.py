@@ -95,6 +95,8 @@ class FakeImsClient:
         tag_key: str,
         tag_value: str,
         whole_image: bool = True,
+        private_only: bool = True,
+        enterprise_project_id: str | None = None,
         page_size: int = 500,
         max_pages: int = 20,
     ) -> list[ImageSummary]:

@@ -30,7 +30,6 @@ from wholeimage.models import (
     CreateImageRequest,
     TagKeyValue,
 )
-from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate
 
 POLICY_SCHEMA = "policy.schema.json"
 
@@ -236,6 +235,9 @@ def policy_from_document(payload: Any, *, cloud: str) -> Policy:
     Raises:
         RequestInvalidError: every failing field, by JSON path.
     """
+    # jsonschema only where a document is applied: check reads stored policies without it.
+    from wholeimage.validation import validate  # noqa: PLC0415
+
     details: list[dict[str, str]] = []
     try:
         validate(POLICY_SCHEMA, payload, cloud=cloud)
@@ -349,6 +351,8 @@ _BODY_FIELDS = {
 
 def _create_problems(payload: dict[str, Any], *, cloud: str) -> list[dict[str, str]]:
     """Each source's create request checked by the create schema, errors at the policy's paths."""
+    from wholeimage.validation import CREATE_REQUEST_SCHEMA, validate  # noqa: PLC0415
+
     policy = Policy.model_validate(payload)
     problems: list[dict[str, str]] = []
     for index, source in enumerate(policy.sources):

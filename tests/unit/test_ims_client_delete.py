@@ -383,11 +383,39 @@ def test_full_pages_are_followed_by_their_last_id_until_a_short_page() -> None:
 
     assert [image.image_id for image in found] == ["a", "b", "c", "d", "e"]
     assert [dict(request.url.params) for request in ims.requests] == [
-        {"tag": "policy=nightly", "limit": "2", "__whole_image": "true"},
-        {"tag": "policy=nightly", "limit": "2", "__whole_image": "true", "marker": "b"},
-        {"tag": "policy=nightly", "limit": "2", "__whole_image": "true", "marker": "d"},
+        {"tag": "policy=nightly", "limit": "2", "__whole_image": "true", "__imagetype": "private"},
+        {
+            "tag": "policy=nightly",
+            "limit": "2",
+            "__whole_image": "true",
+            "__imagetype": "private",
+            "marker": "b",
+        },
+        {
+            "tag": "policy=nightly",
+            "limit": "2",
+            "__whole_image": "true",
+            "__imagetype": "private",
+            "marker": "d",
+        },
     ]
     assert harness.sleeps == []
+
+
+def test_the_list_asks_for_the_projects_own_images_of_the_enterprise_project_given() -> None:
+    # A shared image of another tenant carrying the tags must never be a candidate, and an IAM
+    # user scoped to enterprise projects must name one (docs/ims-api.md §2.5).
+    ims = ScriptedIms([page("a"), page("b")])
+    client = make_client(ims).client
+
+    client.list_images_by_tag(tag_key="policy", tag_value="nightly", enterprise_project_id="0")
+    client.list_images_by_tag(tag_key="policy", tag_value="nightly", private_only=False)
+
+    first, second = (dict(request.url.params) for request in ims.requests)
+    assert first["__imagetype"] == "private"
+    assert first["enterprise_project_id"] == "0"
+    assert "__imagetype" not in second
+    assert "enterprise_project_id" not in second
 
 
 def test_page_info_next_marker_is_followed_when_ims_gives_one() -> None:

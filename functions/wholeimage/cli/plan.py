@@ -23,6 +23,11 @@ def plan_text(plans: list[PolicyPlan]) -> str:
         if plan.error:
             lines.append(f"  ! {plan.error}")
         lines.append(f"  images of the policy IMS lists now: {plan.images_read}")
+        if plan.images_listed != plan.images_read:
+            lines.append(
+                f"  ! IMS's tag filter returned {plan.images_listed}; only {plan.images_read} "
+                "list both of the policy's tags, and only those are ever deleted"
+            )
         for slot in plan.slots:
             local = slot.slot_at.astimezone(ZoneInfo(plan.timezone))
             lines.append(

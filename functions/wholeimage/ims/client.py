@@ -113,11 +113,14 @@ class ImsClient(Protocol):
         tag_key: str,
         tag_value: str,
         whole_image: bool = True,
+        private_only: bool = True,
+        enterprise_project_id: str | None = None,
         page_size: int = 500,
         max_pages: int = 20,
     ) -> list[ImageSummary]:
         """Every image carrying the tag ``tag_key=tag_value`` (full-ECS ones only when
-        ``whole_image``), read page by page."""
+        ``whole_image``, the project's own only when ``private_only``, of one enterprise
+        project when given), read page by page."""
         ...
 
 
@@ -306,12 +309,17 @@ class HttpImsClient:
         tag_key: str,
         tag_value: str,
         whole_image: bool = True,
+        private_only: bool = True,
+        enterprise_project_id: str | None = None,
         page_size: int = 500,
         max_pages: int = 20,
     ) -> list[ImageSummary]:
         """See ``ImsClient.list_images_by_tag`` (docs/ims-api.md §2.5, paging).
 
-        ``whole_image`` adds ``__whole_image=true``; ``False`` leaves that filter out. A page is
+        ``whole_image`` adds ``__whole_image=true``; ``False`` leaves that filter out.
+        ``private_only`` adds ``__imagetype=private``: an image shared with the project by
+        another is never one of ours. ``enterprise_project_id`` is passed as it is (an IAM user
+        authorised through enterprise projects must give it, docs/ims-api.md §2.5). A page is
         followed by another while ``page_info.next_marker`` names one, or else while the page
         came back full (``marker`` = its last id). Each page is asked once.
 
@@ -325,6 +333,10 @@ class HttpImsClient:
         base = {"tag": f"{tag_key}={tag_value}", "limit": str(page_size)}
         if whole_image:
             base["__whole_image"] = "true"
+        if private_only:
+            base["__imagetype"] = "private"
+        if enterprise_project_id is not None:
+            base["enterprise_project_id"] = enterprise_project_id
         found: list[ImageSummary] = []
         marker: str | None = None
         seen: set[str] = set()

@@ -67,7 +67,8 @@ class PolicyPlan:
     timezone: str = "UTC"
     slots: list[PlannedSlot] = field(default_factory=list)
     kept: list[PlannedImage] = field(default_factory=list)
-    images_read: int = 0
+    images_listed: int = 0  # what IMS's tag filter returned
+    images_read: int = 0  # of those, the ones provably the policy's (both tags listed)
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -76,6 +77,7 @@ class PolicyPlan:
             "name": self.name,
             "state": self.state,
             "timezone": self.timezone,
+            "images_listed": self.images_listed,
             "images_read": self.images_read,
             "error": self.error,
             "slots": [slot.as_json() for slot in self.slots],
@@ -119,10 +121,15 @@ def plan_policy(
     plan = PolicyPlan(name=policy.name, state=_state(record), timezone=policy.schedule.timezone)
     moments = planned_slots(policy, record, slots=slots, now=now)
     try:
-        listed = ims.list_images_by_tag(tag_key=POLICY_TAG_KEY, tag_value=policy.name)
+        listed = ims.list_images_by_tag(
+            tag_key=POLICY_TAG_KEY,
+            tag_value=policy.name,
+            enterprise_project_id=policy.image.enterprise_project_id,
+        )
     except UpstreamError as exc:
         plan.error = f"IMS's image list could not be read ({exc.code}): retention is not shown"
         listed = None
+    plan.images_listed = len(listed or [])
     existing = policy_images(listed or [], policy.name)
     plan.images_read = sum(len(images) for images in existing.values())
     labels = {source.instance_id: source.shown for source in policy.sources}

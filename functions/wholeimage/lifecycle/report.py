@@ -25,6 +25,7 @@ RUN_FAILED_CODE = "WHOLEIMAGE.POLICY_RUN_FAILED"
 PAUSED_CODE = "WHOLEIMAGE.POLICY_PAUSED"
 # How many names a message lists per kind before it counts the rest.
 _LISTED = 10
+MAX_TEXT = 4000
 
 
 def _listed(entries: list[str]) -> str:
@@ -45,6 +46,7 @@ def run_summary(
     """The run's verdict and its text: SUCCESS only when every source made its image and every
     rotated image is gone."""
     created = [f"{i.image_name} ({i.image_id or 'no id'})" for i in items if i.state == ITEM_DONE]
+    unretained = [f"{i.image_name}: {i.detail}" for i in items if i.state == ITEM_DONE and i.detail]
     failed = [
         f"{i.image_name}: {i.error_code or 'failed'}" + (f" {i.detail}" if i.detail else "")
         for i in items
@@ -64,6 +66,8 @@ def run_summary(
         parts.append(f"not submitted before the next slot {len(missing)}: {_listed(missing)}")
     if undeleted:
         parts.append(f"could not delete {len(undeleted)}: {_listed(undeleted)}")
+    if unretained:
+        parts.append(f"retention did not run for {len(unretained)}: {_listed(unretained)}")
     if run.skipped:
         first = f" from {run.skipped_first:%Y-%m-%d %H:%M} UTC" if run.skipped_first else ""
         parts.append(
@@ -72,8 +76,10 @@ def run_summary(
         )
     if paused_reason:
         parts.append(f"the policy paused itself: {paused_reason}")
-    verdict: Verdict = "SUCCESS" if not (failed or missing or undeleted) else "FAIL"
-    return verdict, ". ".join(parts) + "."
+    verdict: Verdict = "SUCCESS" if not (failed or missing or undeleted or unretained) else "FAIL"
+    text = ". ".join(parts) + "."
+    # job-result.schema.json holds at most 4096 characters of it.
+    return verdict, text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def run_result(
@@ -89,8 +95,11 @@ def run_result(
 ) -> JobResult:
     """The run's message as a ``JobResult`` (``policy`` None: it was deleted meanwhile)."""
     seen = {item.source_id for item in items}
-    sources = policy.sources if policy is not None else ()
-    missing = [s.shown for s in sources if s.instance_id not in seen]
+    # The run's own sources (a source added to the policy later was never this run's).
+    sources = run.sources or (
+        tuple((s.instance_id, s.shown) for s in policy.sources) if policy is not None else ()
+    )
+    missing = [label for instance_id, label in sources if instance_id not in seen]
     verdict, text = run_summary(run, items, deletions, missing=missing, paused_reason=paused_reason)
     zone = policy.schedule.timezone if policy is not None else "UTC"
     local = run.slot_at.astimezone(ZoneInfo(zone))

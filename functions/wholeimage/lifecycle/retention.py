@@ -33,6 +33,7 @@ class PolicyImage:
     status: str
     created_at: datetime | None
     source_id: str
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def policy_images(images: list[ImageSummary], policy: str) -> dict[str, list[Pol
                 status=image.status,
                 created_at=_created(image.created_at),
                 source_id=source_id.lower(),
+                protected=image.protected is True,
             )
         )
     return dict(found)
@@ -90,6 +92,22 @@ def _created(text: str | None) -> datetime | None:
         return read_date_time(text)
     except ValueError:
         return None
+
+
+def _not_ranked(image: PolicyImage, succeeded_image_id: str | None) -> RetentionVerdict | None:
+    """Why an image is kept outside the ranking of successful images; None to rank it."""
+    if image.protected:
+        return RetentionVerdict(image, True, "left alone: protected in IMS, it cannot be deleted")
+    # The image a job just reported: successful while IMS still lists it as being made, never
+    # when IMS lists it failed (killed).
+    succeeded = image.image_id == succeeded_image_id and image.status in ("queued", "saving")
+    if succeeded or image.status == "active":
+        if image.created_at is None:
+            return RetentionVerdict(image, True, "kept: IMS lists no creation time for it")
+        return None
+    if image.status == "killed":
+        return RetentionVerdict(image, True, "left alone: IMS failed to write it (killed)")
+    return RetentionVerdict(image, True, f"kept: still being made ({image.status})")
 
 
 def decide_retention(
@@ -109,21 +127,11 @@ def decide_retention(
     for image in images:
         if image.status == "deleted":
             continue
-        if image.image_id == succeeded_image_id or image.status == "active":
-            if image.created_at is None:
-                verdicts.append(
-                    RetentionVerdict(image, True, "kept: IMS lists no creation time for it")
-                )
-            else:
-                successful.append(image)
-        elif image.status == "killed":
-            verdicts.append(
-                RetentionVerdict(image, True, "left alone: IMS failed to write it (killed)")
-            )
+        left = _not_ranked(image, succeeded_image_id)
+        if left is None:
+            successful.append(image)
         else:
-            verdicts.append(
-                RetentionVerdict(image, True, f"kept: still being made ({image.status})")
-            )
+            verdicts.append(left)
     successful.sort(key=lambda image: (image.created_at, image.image_id), reverse=True)
     keep_last = policy.retention.keep_last
     max_age = (
@@ -147,7 +155,7 @@ def decide_retention(
                 RetentionVerdict(
                     image,
                     False,
-                    f"dropped: {age.days} days old, beyond max_age_days "
+                    f"dropped: {age.total_seconds() / 86400:.1f} days old, beyond max_age_days "
                     f"{policy.retention.max_age_days}",
                 )
             )

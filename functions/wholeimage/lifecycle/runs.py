@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +47,7 @@ from wholeimage.errors import (
 from wholeimage.ims.client import ImageSummary, ImsClient
 from wholeimage.lifecycle.report import run_result
 from wholeimage.lifecycle.retention import decide_retention, policy_images
+from wholeimage.logs import redact
 from wholeimage.models import POLICY_TAG_KEY, CreateImageRequest, Job, JobStatus
 from wholeimage.policies import Policy, PolicySource
 from wholeimage.results import JobResult
@@ -72,6 +73,9 @@ log = logging.getLogger("wholeimage.lifecycle")
 # How many missed slots a run counts at most (a minutely policy paused for a year).
 MAX_COUNTED_SKIPS = 10_000
 REFUSED_CODE = "WHOLEIMAGE.CREATE_REFUSED"
+MAX_RETENTION_WAIT = timedelta(hours=6)
+# What an upstream text may take of a stored row or a message.
+_SAID_CHARS = 500
 
 
 # Submit one create through the create use case; returns the job (new or replayed).
@@ -92,6 +96,7 @@ class LifecycleConfig:
     confirm_after: timedelta = timedelta(seconds=30)  # between "is it gone?" questions
     resend_after: timedelta = timedelta(minutes=30)  # still listed this long after a 204: resend
     throttled_retry: timedelta = timedelta(minutes=1)
+    retention_checks: int = 8  # asks of IMS's list (5 min doubling, at most 6 h apart) per item
 
 
 @dataclass
@@ -164,7 +169,9 @@ class _Phase:
                     parsed = Policy.model_validate(record.document)
                     # The model does not check the schedule (apply does): one croniter or
                     # zoneinfo cannot read would fail every tick, so it counts as unreadable.
-                    parsed.next_slot_after(self.now())
+                    slot = parsed.next_slot_after(self.now())
+                    for source in parsed.sources:
+                        parsed.create_request(source, slot)  # the template and the body
                 except Exception:  # ValidationError, croniter's errors, ZoneInfoNotFoundError
                     log.error("a stored policy cannot be read", extra={"policy": name})
                     self.summary.errors["unreadable_policy"] += 1
@@ -175,8 +182,8 @@ class _Phase:
     # --- 1. ended items ----------------------------------------------------------------------
 
     def end_items(self) -> None:
-        listed: dict[str, list[ImageSummary] | None] = {}
-        for item in self.store.ended_items(limit=self.config.batch):
+        listed: dict[str, list[ImageSummary] | str] = {}
+        for item in self.store.ended_items(now=self.now(), limit=self.config.batch):
             if self.out_of_time():
                 return
             try:
@@ -185,7 +192,7 @@ class _Phase:
                 log.exception("ending a policy item failed", extra={"item": item.item_id})
                 self.summary.errors["internal"] += 1
 
-    def end_item(self, item: PolicyItem, listed: dict[str, list[ImageSummary] | None]) -> None:
+    def end_item(self, item: PolicyItem, listed: dict[str, list[ImageSummary] | str]) -> None:
         policy = self.policy(item.policy)
         now = self.now()
         pause_after = policy.pause_after_failures if policy is not None else 1_000_000
@@ -200,45 +207,45 @@ class _Phase:
                 self.paused(item.policy, item.run_id, failure.pause_reason)
             return
         deletions: list[ImageDeletion] = []
+        done = item
         if policy is not None:
-            if item.policy not in listed:
-                try:
-                    listed[item.policy] = self.ims.list_images_by_tag(
-                        tag_key=POLICY_TAG_KEY, tag_value=item.policy
+            images = self.listed(policy, listed)
+            if isinstance(images, str):
+                if item.checks + 1 < self.config.retention_checks:
+                    # Retention waits for IMS's list, this item alone: the others go on.
+                    wait = min(self.config.retry_delay * 2**item.checks, MAX_RETENTION_WAIT)
+                    self.store.defer_item(item, until=now + wait, detail=images, now=now)
+                    return
+                # Asked often enough: the image is made, retention did not run; the run's
+                # message says so (the next success of the source tries again).
+                done = replace(item, detail=f"retention did not run: {images}")
+            else:
+                run = self.store.get_run(item.run_id)
+                # Ages are measured at the run's slot, as ``plan`` measures them.
+                moment = run.slot_at if run is not None else now
+                mine = policy_images(images, item.policy).get(item.source_id, [])
+                for verdict in decide_retention(
+                    policy, mine, now=moment, succeeded_image_id=item.image_id
+                ):
+                    if verdict.keep or verdict.image.image_id == item.image_id:
+                        continue
+                    deletions.append(
+                        ImageDeletion(
+                            image_id=verdict.image.image_id,
+                            policy=item.policy,
+                            source_id=item.source_id,
+                            run_id=item.run_id,
+                            image_name=verdict.image.name,
+                            delete_backup=policy.delete_backup,
+                            reason=verdict.reason,
+                            state=DELETION_PENDING,
+                            next_attempt_at=now,
+                            created_at=now,
+                        )
                     )
-                except UpstreamError as exc:
-                    # Retention waits for IMS's list: the item stays open for the next tick.
-                    log.warning(
-                        "IMS's image list failed; retention waits for the next tick",
-                        extra={"policy": item.policy, "error": exc.code},
-                    )
-                    listed[item.policy] = None
-                    self.summary.errors["image_list"] += 1
-            images = listed[item.policy]
-            if images is None:
-                return
-            mine = policy_images(images, item.policy).get(item.source_id, [])
-            for verdict in decide_retention(
-                policy, mine, now=now, succeeded_image_id=item.image_id
-            ):
-                if verdict.keep or verdict.image.image_id == item.image_id:
-                    continue
-                deletions.append(
-                    ImageDeletion(
-                        image_id=verdict.image.image_id,
-                        policy=item.policy,
-                        source_id=item.source_id,
-                        run_id=item.run_id,
-                        image_name=verdict.image.name,
-                        delete_backup=policy.delete_backup,
-                        reason=verdict.reason,
-                        state=DELETION_PENDING,
-                        next_attempt_at=now,
-                        created_at=now,
-                    )
-                )
+                done = replace(item, detail=None)
         closed, _ = self.store.close_item(
-            item,
+            done,
             state=ITEM_DONE,
             deletions=deletions,
             failure=FailureCount(False, pause_after, ""),
@@ -247,6 +254,26 @@ class _Phase:
         if closed:
             self.summary.items_ended["SUCCESS"] += 1
             self.summary.deletions["decided"] += len(deletions)
+
+    def listed(
+        self, policy: Policy, listed: dict[str, list[ImageSummary] | str]
+    ) -> list[ImageSummary] | str:
+        """IMS's list of the policy's images, asked once a tick; why not, when it failed."""
+        if policy.name not in listed:
+            try:
+                listed[policy.name] = self.ims.list_images_by_tag(
+                    tag_key=POLICY_TAG_KEY,
+                    tag_value=policy.name,
+                    enterprise_project_id=policy.image.enterprise_project_id,
+                )
+            except UpstreamError as exc:
+                log.warning(
+                    "IMS's image list failed; retention waits",
+                    extra={"policy": policy.name, "error": exc.code},
+                )
+                listed[policy.name] = f"IMS's image list failed ({_said(exc)})"
+                self.summary.errors["image_list"] += 1
+        return listed[policy.name]
 
     def paused(self, policy: str, run_id: str, reason: str) -> None:
         self.store.note_run_paused(run_id, reason=reason)
@@ -324,18 +351,17 @@ class _Phase:
             )
             self.summary.deletions["uncertain"] += 1
             return
-        except (UpstreamUnavailableError, UpstreamAuthError) as exc:
-            # Throttled, unreachable before sending, or our credentials: not the image's fault.
-            wait = self.config.throttled_retry
-            if isinstance(exc, UpstreamUnavailableError):
-                wait = max(wait, timedelta(seconds=exc.retry_after))
+        except UpstreamUnavailableError as exc:
+            # Throttled, or unreachable before sending: not the image's fault, not counted.
+            wait = max(self.config.throttled_retry, timedelta(seconds=exc.retry_after))
             self.settle(
                 deletion, DELETION_PENDING, attempted=False, at=now + wait, error=_said(exc)
             )
             self.summary.errors[exc.code] += 1
             return
         except WholeImageError as exc:
-            # Certainly refused (a protected image, an image in use): retried, then reported.
+            # Certainly refused (a protected image, an image in use; a 401 or 403, which may be
+            # Glance refusing this image as much as our credentials): retried, then reported.
             attempts = deletion.attempts + 1
             state = (
                 DELETION_FAILED if attempts >= self.config.deletion_attempts else DELETION_PENDING
@@ -449,6 +475,7 @@ class _Phase:
             state="CREATING",
             paused_reason=None,
             created_at=now,
+            sources=tuple((source.instance_id, source.shown) for source in policy.sources),
         )
         if self.store.open_run(run):
             self.summary.policies_run += 1
@@ -528,7 +555,7 @@ class _Phase:
                 created_at=now,
                 updated_at=now,
                 error_code=_upstream_code(exc),
-                detail=exc.message,
+                detail=_said(exc),
             )
             reason = _pause_reason(policy.pause_after_failures, item)
             _, paused = self.store.add_item(
@@ -588,8 +615,12 @@ class _Phase:
 
 
 def _said(exc: WholeImageError) -> str:
+    """An upstream refusal as a row or a message may hold it: redacted (IMS may quote what it
+    was sent) and clipped."""
     code = _upstream_code(exc)
-    return f"{code}: {exc.message}" if code else exc.message
+    text = f"{code}: {exc.message}" if code else exc.message
+    text = redact(" ".join(text.split()))
+    return text if len(text) <= _SAID_CHARS else text[: _SAID_CHARS - 1] + "…"
 
 
 def _upstream_code(exc: WholeImageError) -> str:

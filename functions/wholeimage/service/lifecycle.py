@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from pydantic import ValidationError
+
 from wholeimage.bootstrap import Dependencies
-from wholeimage.create import submit_create
 from wholeimage.lifecycle.plan import PolicyPlan, plan_policy
 from wholeimage.lifecycle.runs import LifecycleConfig, LifecycleSummary, RunOutbox, run_lifecycle
 from wholeimage.models import CreateImageRequest, Job
@@ -18,6 +20,8 @@ from wholeimage.service.outbox import channels
 from wholeimage.service.policies import policy_store
 from wholeimage.service.ports import ims_client
 from wholeimage.store.records import Notification
+
+log = logging.getLogger("wholeimage.lifecycle")
 
 
 def run_outbox(deps: Dependencies) -> RunOutbox | None:
@@ -31,6 +35,15 @@ def run_outbox(deps: Dependencies) -> RunOutbox | None:
 
     def outbox(result: JobResult, names: Sequence[str] | None) -> list[Notification]:
         wanted = [c for c in configured if names is None or c.name in names]
+        if not wanted:
+            # None of the policy's channels is configured here (a typo, applied over HTTP,
+            # where names cannot be checked): every channel hears it rather than none, as
+            # its jobs send nothing of their own.
+            log.warning(
+                "none of a policy's channels is configured; its run goes to every channel",
+                extra={"channels": list(names or ())},
+            )
+            wanted = list(configured)
         located = JobResult(
             **{**result.__dict__, "console_url": console, "region": settings.region}
         )
@@ -54,7 +67,10 @@ def lifecycle_phase(
     first_poll = timedelta(seconds=settings.poll_min_interval)
 
     def submit(request: CreateImageRequest, key: str, requested_by: str) -> Job:
-        # The create use case an HTTP request takes, with the slot's key (``create``).
+        # The create use case an HTTP request takes, with the slot's key; imported when a slot
+        # is first made, so a check process that only polls never loads it.
+        from wholeimage.create import submit_create  # noqa: PLC0415
+
         return submit_create(
             request,
             idempotency_key=key,
@@ -105,6 +121,16 @@ def plan_policies(
     plans = []
     for record in records:
         assert record is not None  # noqa: S101 - checked above
-        policy = Policy.model_validate(record.document)
-        plans.append(plan_policy(policy, record, ims_client(deps), slots=slots, now=moment))
+        try:
+            policy = Policy.model_validate(record.document)
+            plans.append(plan_policy(policy, record, ims_client(deps), slots=slots, now=moment))
+        except (ValidationError, ValueError, KeyError) as exc:
+            # One unreadable stored policy must not hide the others' plans.
+            plans.append(
+                PolicyPlan(
+                    name=record.name,
+                    state="unreadable",
+                    error=f"its stored document cannot be read ({type(exc).__name__})",
+                )
+            )
     return plans

@@ -77,6 +77,9 @@ class PolicyRun:
     created_at: datetime
     reported_at: datetime | None = None
     failed: bool = False
+    # The run's sources as (instance id, label) when it opened: what "not submitted" is
+    # measured against, whatever the policy says later.
+    sources: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_row(cls, row: Row) -> PolicyRun:
@@ -92,6 +95,7 @@ class PolicyRun:
             created_at=_moment(row["created_at"]),
             reported_at=from_epoch(row["reported_at"]),
             failed=bool(row["failed"]),
+            sources=_sources(row.get("sources")),
         )
 
 
@@ -112,6 +116,7 @@ class PolicyItem:
     error_code: str | None = None
     detail: str | None = None
     job_status: str | None = None  # the job's status, when read with it (``ended_items``)
+    checks: int = 0  # how often retention could not read IMS's list for it yet
 
     @classmethod
     def from_row(cls, row: Row) -> PolicyItem:
@@ -130,6 +135,7 @@ class PolicyItem:
             error_code=row["error_code"],
             detail=row["detail"],
             job_status=row.get("job_status"),
+            checks=int(row.get("checks") or 0),
         )
 
     def to_row(self) -> Row:
@@ -228,6 +234,19 @@ def _document(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return document
+
+
+def _sources(text: str | None) -> tuple[tuple[str, str], ...]:
+    """A run's ``sources`` column: JSON ``[[instance id, label], ...]``."""
+    try:
+        listed = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    if not isinstance(listed, list):
+        return ()
+    return tuple(
+        (str(pair[0]), str(pair[1])) for pair in listed if isinstance(pair, list) and len(pair) == 2
+    )
 
 
 def _moment(value: float) -> datetime:

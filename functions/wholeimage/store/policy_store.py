@@ -270,6 +270,7 @@ class PolicyStoreMixin(Generic[Handle]):
             "skipped": run.skipped,
             "skipped_first": to_epoch(run.skipped_first),
             "state": RUN_CREATING,
+            "sources": json.dumps([list(pair) for pair in run.sources]),
             "created_at": to_epoch(run.created_at),
         }
         with self._transaction() as handle:
@@ -335,8 +336,9 @@ class PolicyStoreMixin(Generic[Handle]):
             )
         return PolicyItem.from_row(row) if row is not None else None
 
-    def ended_items(self, *, limit: int) -> list[PolicyItem]:
-        """Items still ``CREATING`` whose create job has ended, oldest first."""
+    def ended_items(self, *, now: datetime, limit: int) -> list[PolicyItem]:
+        """Items still ``CREATING`` whose create job has ended and which are not waiting to
+        ask IMS again (``defer_item``), oldest first: one that waits never holds others up."""
         with self._read() as handle:
             rows = self._all(
                 handle,
@@ -344,8 +346,9 @@ class PolicyStoreMixin(Generic[Handle]):
                 "j.error_code AS job_error_code, j.fail_reason AS job_fail_reason "
                 "FROM policy_items i JOIN jobs j ON j.request_id = i.request_id "
                 f"WHERE i.state = '{ITEM_CREATING}' AND j.status IN ({ENDED_SQL}) "
+                "AND (i.next_check_at IS NULL OR i.next_check_at <= :now) "
                 f"ORDER BY i.created_at, {self.dialect.in_byte_order('i.item_id')} LIMIT :limit",
-                {"limit": limit},
+                {"limit": limit, "now": to_epoch(now)},
             )
         items = []
         for row in rows:
@@ -361,6 +364,25 @@ class PolicyStoreMixin(Generic[Handle]):
                 )
             )
         return items
+
+    def defer_item(self, item: PolicyItem, *, until: datetime, detail: str, now: datetime) -> bool:
+        """Retention could not run for a ``CREATING`` item yet: count it, ask again ``until``."""
+        with self._transaction() as handle:
+            return (
+                self._run(
+                    handle,
+                    "UPDATE policy_items SET checks = checks + 1, next_check_at = :until, "
+                    "detail = :detail, updated_at = :now "
+                    f"WHERE item_id = :item_id AND state = '{ITEM_CREATING}'",
+                    {
+                        "until": to_epoch(until),
+                        "detail": detail,
+                        "now": to_epoch(now),
+                        "item_id": item.item_id,
+                    },
+                )
+                == 1
+            )
 
     def close_item(
         self,
@@ -396,6 +418,21 @@ class PolicyStoreMixin(Generic[Handle]):
                     handle,
                     self.dialect.insert("image_deletions", tuple(row), ignore_duplicates=True),
                     row,
+                )
+                # One that failed before is tried again, in this run (whose message says how
+                # it ended): a failed deletion is never dropped in silence.
+                self._run(
+                    handle,
+                    "UPDATE image_deletions SET state = 'PENDING', attempts = 0, "
+                    "run_id = :run_id, reason = :reason, next_attempt_at = :next_attempt_at, "
+                    "last_error = NULL, sent_at = NULL, ended_at = NULL, lease_owner = NULL, "
+                    "lease_expires_at = NULL WHERE image_id = :image_id AND state = 'FAILED'",
+                    {
+                        "run_id": row["run_id"],
+                        "reason": row["reason"],
+                        "next_attempt_at": row["next_attempt_at"],
+                        "image_id": row["image_id"],
+                    },
                 )
             paused = self._count_failure(handle, item, failure, now)
             if not failure.failed:
@@ -436,12 +473,18 @@ class PolicyStoreMixin(Generic[Handle]):
         )
 
     def unreported_runs(self, *, limit: int) -> list[PolicyRun]:
-        """Runs whose sources were all submitted and whose message is not written yet."""
+        """Runs whose sources were all submitted, whose items and deletions have all ended, and
+        whose message is not written yet."""
         with self._read() as handle:
             rows = self._all(
                 handle,
-                f"SELECT * FROM policy_runs WHERE state = '{RUN_OPEN}' "
-                f"ORDER BY created_at, {self.dialect.in_byte_order('run_id')} LIMIT :limit",
+                f"SELECT * FROM policy_runs r WHERE r.state = '{RUN_OPEN}' "
+                # Only runs that can be reported now: one still waiting never holds others up.
+                "AND NOT EXISTS (SELECT 1 FROM policy_items i WHERE i.run_id = r.run_id "
+                f"AND i.state = '{ITEM_CREATING}') "
+                "AND NOT EXISTS (SELECT 1 FROM image_deletions d WHERE d.run_id = r.run_id "
+                "AND d.state IN ('PENDING', 'SENT')) "
+                f"ORDER BY r.created_at, {self.dialect.in_byte_order('r.run_id')} LIMIT :limit",
                 {"limit": limit},
             )
         return [PolicyRun.from_row(row) for row in rows]

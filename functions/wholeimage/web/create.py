@@ -20,7 +20,10 @@ from wholeimage.web.http import (
     read_envelope,
     status_url,
 )
-from wholeimage.web.policies import answer_policies, is_policies_path
+
+# ``/policies`` and below (``wholeimage.web.policies``, imported on the first such request: a
+# process that only submits never loads the policy modules).
+POLICIES_PATH = "/policies"  # what wholeimage.web.policies answers (its _ROUTE)
 
 # Ids are short and plain; anything else (a NUL, say) cannot name a job.
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -34,7 +37,9 @@ def handle_create(
     manage policies."""
     try:
         deps = dependencies()
-        if is_policies_path(request.path):
+        if request.path == POLICIES_PATH or request.path.startswith(POLICIES_PATH + "/"):
+            from wholeimage.web.policies import answer_policies  # noqa: PLC0415
+
             return answer_policies(request, deps)
         authenticated(request, deps, ("GET", "POST"))
         # The platform's temporary credentials, when it sent any, sign this request's IMS calls

@@ -43,16 +43,10 @@ from wholeimage.service.policies import (
 from wholeimage.validation import validator_for
 from wholeimage.web.http import authenticate, authenticated, json_response, read_json
 
-POLICIES_PATH = "/policies"
 _ROUTE = re.compile(r"/policies(?:/(?P<name>[^/]+)(?:/(?P<action>[^/]+))?)?/?")
 _NAME_RULE = (
     "1 to 32 lower-case letters, digits and '-', starting and ending with a letter or digit"
 )
-
-
-def is_policies_path(path: str) -> bool:
-    """Whether ``path`` is one of ``/policies``'s (the rest of ``create``'s paths submit)."""
-    return path == POLICIES_PATH or path.startswith(POLICIES_PATH + "/")
 
 
 Handler = Callable[[Request, Dependencies, str], Response]
