@@ -412,6 +412,16 @@ def tick_text(report: TickReport) -> str:
         ("lost leases", summary.lost_leases),
         ("duration", f"{summary.duration_s:.3f} s"),
     ]
+    if report.policies is not None:
+        part = report.policies
+        rows.append(("policy slots run", f"{part.policies_run} ({part.slots_skipped} skipped)"))
+        rows.append(("policy creates", tables.counts(part.creates)))
+        rows.append(("policy deletions", tables.counts(part.deletions)))
+        rows.append(("policy runs reported", part.runs_reported))
+        if part.paused:
+            rows.append(("policies paused", ", ".join(part.paused)))
+        if part.errors:
+            rows.append(("policy errors", tables.counts(part.errors)))
     if report.notify is not None:
         delivered = report.notify
         counts = {
