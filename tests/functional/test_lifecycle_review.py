@@ -110,7 +110,8 @@ def test_ims_text_is_redacted_and_bounded_in_rows_and_messages(h: Harness) -> No
     h.list_image(
         "img-old", policy="nightly", source=instance(1), created=slot(0) - timedelta(days=3)
     )
-    quoted = f"IMS refused: the request carried {secret} " + "x" * 5000
+    # A NUL too: PostgreSQL refuses one in text, so it must not reach the row.
+    quoted = f"IMS refused: the request carried {secret}\x00 " + "x" * 5000
     refusal = ImsRejectedError(quoted, http_status=400, upstream={"code": "IMG.0028"})
     h.ims.delete_script = [refusal] * 3
     h.at(slot(0))
@@ -123,6 +124,7 @@ def test_ims_text_is_redacted_and_bounded_in_rows_and_messages(h: Harness) -> No
 
     [deletion] = h.store.list_deletions(policy="nightly")
     assert secret not in (deletion.last_error or "")
+    assert "\x00" not in (deletion.last_error or "")
     assert len(deletion.last_error or "") <= 500
     [message] = ops_messages(h)
     assert secret not in json.dumps(message)

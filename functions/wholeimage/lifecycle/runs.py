@@ -45,6 +45,7 @@ from wholeimage.errors import (
     WholeImageError,
 )
 from wholeimage.ims.client import ImageSummary, ImsClient
+from wholeimage.ims.job_report import storable
 from wholeimage.lifecycle.report import run_result
 from wholeimage.lifecycle.retention import decide_retention, policy_images
 from wholeimage.logs import redact
@@ -619,7 +620,9 @@ def _said(exc: WholeImageError) -> str:
     was sent) and clipped."""
     code = _upstream_code(exc)
     text = f"{code}: {exc.message}" if code else exc.message
-    text = redact(" ".join(text.split()))
+    # As a job's fail reason is made storable (NUL and other controls out: PostgreSQL refuses
+    # a NUL in text), then redacted, on one line.
+    text = redact(" ".join(storable(text).split()))
     return text if len(text) <= _SAID_CHARS else text[: _SAID_CHARS - 1] + "…"
 
 
