@@ -185,29 +185,57 @@ class PolicyStoreMixin(Generic[Handle]):
         self, *, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> list[PolicyRecord]:
         """Lease up to ``limit`` due policies, earliest slot first (see the module docstring)."""
+        rows = self._lease_rows(
+            "policies",
+            "name",
+            _DUE_POLICIES,
+            "next_slot_at",
+            now=now,
+            owner=owner,
+            lease_until=lease_until,
+            limit=limit,
+        )
+        return [PolicyRecord.from_row(row) for row in rows]
+
+    def _lease_rows(
+        self,
+        table: str,
+        key: str,
+        due: str,
+        order: str,
+        *,
+        now: datetime,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+    ) -> list[Row]:
+        """Lease up to ``limit`` rows of ``table`` meeting ``due``, by ``order`` then ``key``.
+
+        One conditional update a row, re-checking ``due``: of two concurrent claimers one wins
+        (in PostgreSQL the loser's update waits for the winner's row lock, then skips).
+        """
         params = {"now": to_epoch(now), "owner": owner, "lease_until": to_epoch(lease_until)}
-        claimed: list[PolicyRecord] = []
+        claimed: list[Row] = []
         with self._transaction() as handle:
             rows = self._all(
                 handle,
-                f"SELECT name FROM policies WHERE {_DUE_POLICIES} "
-                f"ORDER BY next_slot_at, {self.dialect.in_byte_order('name')} LIMIT :limit",
+                f"SELECT {key} FROM {table} WHERE {due} "
+                f"ORDER BY {order}, {self.dialect.in_byte_order(key)} LIMIT :limit",
                 {**params, "limit": limit},
             )
             for row in rows:
-                # Conditional on still being due: of two concurrent claimers one wins.
                 leased = self._run(
                     handle,
-                    "UPDATE policies SET lease_owner = :owner, lease_expires_at = :lease_until "
-                    f"WHERE name = :name AND {_DUE_POLICIES}",
-                    {**params, "name": row["name"]},
+                    f"UPDATE {table} SET lease_owner = :owner, lease_expires_at = :lease_until "
+                    f"WHERE {key} = :key AND {due}",
+                    {**params, "key": row[key]},
                 )
                 if leased == 1:
                     found = self._one(
-                        handle, "SELECT * FROM policies WHERE name = :name", {"name": row["name"]}
+                        handle, f"SELECT * FROM {table} WHERE {key} = :key", {"key": row[key]}
                     )
                     if found is not None:
-                        claimed.append(PolicyRecord.from_row(found))
+                        claimed.append(found)
         return claimed
 
     def release_policy(
@@ -555,31 +583,17 @@ class PolicyStoreMixin(Generic[Handle]):
         self, *, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> list[ImageDeletion]:
         """Lease up to ``limit`` due deletions, earliest first."""
-        params = {"now": to_epoch(now), "owner": owner, "lease_until": to_epoch(lease_until)}
-        claimed: list[ImageDeletion] = []
-        with self._transaction() as handle:
-            rows = self._all(
-                handle,
-                f"SELECT image_id FROM image_deletions WHERE {_DUE_DELETIONS} "
-                f"ORDER BY next_attempt_at, {self.dialect.in_byte_order('image_id')} LIMIT :limit",
-                {**params, "limit": limit},
-            )
-            for row in rows:
-                leased = self._run(
-                    handle,
-                    "UPDATE image_deletions SET lease_owner = :owner, lease_expires_at = :lease_until "
-                    f"WHERE image_id = :image_id AND {_DUE_DELETIONS}",
-                    {**params, "image_id": row["image_id"]},
-                )
-                if leased == 1:
-                    found = self._one(
-                        handle,
-                        "SELECT * FROM image_deletions WHERE image_id = :image_id",
-                        {"image_id": row["image_id"]},
-                    )
-                    if found is not None:
-                        claimed.append(ImageDeletion.from_row(found))
-        return claimed
+        rows = self._lease_rows(
+            "image_deletions",
+            "image_id",
+            _DUE_DELETIONS,
+            "next_attempt_at",
+            now=now,
+            owner=owner,
+            lease_until=lease_until,
+            limit=limit,
+        )
+        return [ImageDeletion.from_row(row) for row in rows]
 
     def settle_deletion(
         self,
