@@ -153,6 +153,14 @@ class _Phase:
         self.stop_at = monotonic() + config.time_budget
         self.summary = LifecycleSummary()
         self.policies: dict[str, Policy | None] = {}
+        self.runs: dict[str, PolicyRun | None] = {}  # read once a tick, as policies are
+
+    def wait_after(self, exc: UpstreamError) -> timedelta:
+        """How long to leave IMS alone after ``exc``: ``throttled_retry``, or longer when IMS
+        said so (``Retry-After``)."""
+        if isinstance(exc, UpstreamUnavailableError):
+            return max(self.config.throttled_retry, timedelta(seconds=exc.retry_after))
+        return self.config.throttled_retry
 
     def out_of_time(self) -> bool:
         if self.monotonic() >= self.stop_at:
@@ -221,7 +229,9 @@ class _Phase:
                 # message says so (the next success of the source tries again).
                 done = replace(item, detail=f"retention did not run: {images}")
             else:
-                run = self.store.get_run(item.run_id)
+                if item.run_id not in self.runs:
+                    self.runs[item.run_id] = self.store.get_run(item.run_id)
+                run = self.runs[item.run_id]
                 # Ages are measured at the run's slot, as ``plan`` measures them.
                 moment = run.slot_at if run is not None else now
                 mine = policy_images(images, item.policy).get(item.source_id, [])
@@ -354,9 +364,12 @@ class _Phase:
             return
         except UpstreamUnavailableError as exc:
             # Throttled, or unreachable before sending: not the image's fault, not counted.
-            wait = max(self.config.throttled_retry, timedelta(seconds=exc.retry_after))
             self.settle(
-                deletion, DELETION_PENDING, attempted=False, at=now + wait, error=_said(exc)
+                deletion,
+                DELETION_PENDING,
+                attempted=False,
+                at=now + self.wait_after(exc),
+                error=_said(exc),
             )
             self.summary.errors[exc.code] += 1
             return
@@ -536,10 +549,7 @@ class _Phase:
             job = self.submit(policy.create_request(source, slot), key, policy.requester)
         except (UpstreamUnavailableError, UpstreamAuthError) as exc:
             self.summary.creates[exc.code] += 1
-            wait = self.config.throttled_retry
-            if isinstance(exc, UpstreamUnavailableError):
-                wait = max(wait, timedelta(seconds=exc.retry_after))
-            return now + wait
+            return now + self.wait_after(exc)
         except SubmissionInProgressError:
             self.summary.creates["in_progress"] += 1
             return now + timedelta(seconds=30)
@@ -595,12 +605,9 @@ class _Phase:
                 self.summary.errors["internal"] += 1
 
     def report(self, run: PolicyRun) -> None:
+        # ``unreported_runs`` lists only runs whose items and deletions have all ended.
         items = self.store.run_items(run.run_id)
         deletions = self.store.run_deletions(run.run_id)
-        if any(item.state == ITEM_CREATING for item in items):
-            return
-        if any(d.state in (DELETION_PENDING, DELETION_SENT) for d in deletions):
-            return
         policy = self.policy(run.policy)
         if self.outbox is not None:
             # A policy deleted meanwhile still has its run reported, to every channel: its
