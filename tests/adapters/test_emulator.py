@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,49 +43,17 @@ from ims_emulator import (
     Fault,
     ImsEmulator,
 )
+from tests.adapters.conftest import JOB_SECONDS, FakeClock
 from wholeimage.ims import signer
 
 AK = "EMULATORAK"
 SK = "emulator-secret-key"
 PROJECT = "0123456789abcdef0123456789abcdef"
 IAM_PASSWORD = "emulator-password"
-JOB_SECONDS = 100.0
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 OLD_TIME = re.compile(r"^\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}:\d{3}$")
 FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 EMULATOR_README = FUNCTIONS_DIR.parent / "tools" / "ims_emulator" / "README.md"
-
-
-class FakeClock:
-    """A clock that starts at the real time (``X-Sdk-Date`` is checked against it) and jumps."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ims(clock: FakeClock) -> Iterator[ImsEmulator]:
-    emulator = ImsEmulator(EmulatorConfig(job_seconds=JOB_SECONDS), clock=clock)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def http(ims: ImsEmulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ims.url, timeout=5.0) as client:
-        yield client
 
 
 def send_signed(

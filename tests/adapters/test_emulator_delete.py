@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from ims_emulator import DELETE_IMAGE_PATH_PREFIX, EmulatorConfig, Fault, ImsEmulator
-from tests.adapters.test_emulator import AK, JOB_SECONDS, PROJECT, SK, FakeClock, send_signed
+from tests.adapters.conftest import JOB_SECONDS, FakeClock
+from tests.adapters.test_emulator import AK, PROJECT, SK, send_signed
 from wholeimage.errors import (
     ImageNotFoundError,
     ImsRejectedError,
@@ -23,25 +24,6 @@ from wholeimage.errors import (
 )
 from wholeimage.ims.auth import AkSkAuth
 from wholeimage.ims.client import HttpImsClient, RetryPolicy
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ims(clock: FakeClock) -> Iterator[ImsEmulator]:
-    emulator = ImsEmulator(EmulatorConfig(job_seconds=JOB_SECONDS), clock=clock)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def http(ims: ImsEmulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ims.url, timeout=5.0) as client:
-        yield client
 
 
 @pytest.fixture

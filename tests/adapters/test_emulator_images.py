@@ -11,7 +11,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,12 +20,11 @@ import pytest
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkims.v2 import ImageInfo, ListImagesRequest, ListImagesResponse
 
-from ims_emulator import CREATE_PATH, IMAGES_PATH, EmulatorConfig, Fault, ImsEmulator
+from ims_emulator import CREATE_PATH, IMAGES_PATH, Fault, ImsEmulator
+from tests.adapters.conftest import JOB_SECONDS, FakeClock
 from tests.adapters.test_emulator import (
-    JOB_SECONDS,
     PROJECT,
     SK,
-    FakeClock,
     create,
     create_job,
     query_job,
@@ -37,25 +35,6 @@ from wholeimage.ims import signer
 
 IMAGE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 MARKER_KEY = "wholeimage_request"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ims(clock: FakeClock) -> Iterator[ImsEmulator]:
-    emulator = ImsEmulator(EmulatorConfig(job_seconds=JOB_SECONDS), clock=clock)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def http(ims: ImsEmulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ims.url, timeout=5.0) as client:
-        yield client
 
 
 def marker() -> str:
