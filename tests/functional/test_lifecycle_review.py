@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fakes import FakeImsClient
+from tests.fakes import FakeImsClient, make_dependencies
 from tests.functional.test_lifecycle_edges import Harness, document, h, instance, slot  # noqa: F401
 from wholeimage.errors import ImsRejectedError, UpstreamAuthError, UpstreamError
 from wholeimage.ims.client import ImageSummary
+from wholeimage.lifecycle.retention import policy_images
 from wholeimage.lifecycle.runs import LifecycleConfig
 from wholeimage.logs import register_secrets
 from wholeimage.models import POLICY_TAG_KEY, SOURCE_TAG_KEY
+from wholeimage.results import JobResult
+from wholeimage.service.lifecycle import run_outbox
 from wholeimage.store.policy_records import DELETION_FAILED, ITEM_CREATING
 
 pytestmark = pytest.mark.usefixtures("store_kind")
@@ -31,6 +35,18 @@ pytestmark = pytest.mark.usefixtures("store_kind")
 def ops_messages(harness: Harness) -> list[dict[str, Any]]:
     """The run messages in the outbox of one channel (each run has one per channel)."""
     return [json.loads(row.result_json) for row in harness.outbox_rows() if row.channel == "ops"]
+
+
+def night(harness: Harness, day: int) -> None:
+    """One slot's night: its creates, their jobs' ends 30 minutes on, then hourly ticks for 7
+    hours, long enough for deletions to be sent, retried three times and settled."""
+    harness.at(slot(day))
+    harness.run()
+    harness.at(slot(day) + timedelta(minutes=30))
+    harness.end_jobs()
+    for hours in range(1, 8):
+        harness.at(slot(day) + timedelta(hours=hours))
+        harness.run()
 
 
 @dataclass
@@ -86,14 +102,8 @@ def test_a_delete_refused_with_403_ends_failed_and_is_reported(h: Harness) -> No
         "img-old", policy="nightly", source=instance(1), created=slot(0) - timedelta(days=3)
     )
     h.ims.delete_script = [UpstreamAuthError("IMS refused wholeimage's credentials (403)")] * 5
-    h.at(slot(0))
-    h.run()
-    h.at(slot(0) + timedelta(minutes=30))
-    h.end_jobs()
 
-    for hours in range(1, 8):
-        h.at(slot(0) + timedelta(hours=hours))
-        h.run()
+    night(h, 0)
 
     [deletion] = h.store.list_deletions(policy="nightly")
     assert deletion.image_id == old.image_id
@@ -114,13 +124,7 @@ def test_ims_text_is_redacted_and_bounded_in_rows_and_messages(h: Harness) -> No
     quoted = f"IMS refused: the request carried {secret}\x00 " + "x" * 5000
     refusal = ImsRejectedError(quoted, http_status=400, upstream={"code": "IMG.0028"})
     h.ims.delete_script = [refusal] * 3
-    h.at(slot(0))
-    h.run()
-    h.at(slot(0) + timedelta(minutes=30))
-    h.end_jobs()
-    for hours in range(1, 8):
-        h.at(slot(0) + timedelta(hours=hours))
-        h.run()
+    night(h, 0)
 
     [deletion] = h.store.list_deletions(policy="nightly")
     assert secret not in (deletion.last_error or "")
@@ -131,32 +135,24 @@ def test_ims_text_is_redacted_and_bounded_in_rows_and_messages(h: Harness) -> No
     assert len(message["fail_reason"]) <= 4096
 
 
-def test_a_policy_naming_only_unknown_channels_is_heard_on_every_channel(
-    h: Harness,  # noqa: F811
-) -> None:
-    import tempfile
-    from pathlib import Path
+def test_a_policy_naming_only_unknown_channels_is_heard_on_every_channel(tmp_path: Path) -> None:
+    deps = make_dependencies(
+        tmp_path,
+        channels=[
+            {"name": "ops", "format": "slack", "url": "file:/dev/null"},
+            {"name": "cmdb", "format": "slack", "url": "file:/dev/null"},
+        ],
+    )
+    outbox = run_outbox(deps)  # the outbox as the tick builds it
+    assert outbox is not None
+    result = JobResult.from_json(
+        {"request_id": "policy-nightly-1", "status": "FAIL", "image_name": "policy nightly"}
+    )
 
-    from tests.fakes import make_dependencies
-    from wholeimage.service.lifecycle import run_outbox  # the outbox as the tick builds it
-
-    with tempfile.TemporaryDirectory() as folder:
-        deps = make_dependencies(
-            Path(folder),
-            channels=[
-                {"name": "ops", "format": "slack", "url": "file:/dev/null"},
-                {"name": "cmdb", "format": "slack", "url": "file:/dev/null"},
-            ],
-        )
-        outbox = run_outbox(deps)
-        assert outbox is not None
-        from wholeimage.results import JobResult
-
-        result = JobResult.from_json(
-            {"request_id": "policy-nightly-1", "status": "FAIL", "image_name": "policy nightly"}
-        )
+    try:
         assert {row.channel for row in outbox(result, ["opz"])} == {"ops", "cmdb"}
         assert {row.channel for row in outbox(result, ["ops"])} == {"ops"}
+    finally:
         deps.store.close()
 
 
@@ -182,13 +178,7 @@ def test_a_failed_deletion_is_tried_again_by_the_next_run(h: Harness) -> None:  
     refusal = ImsRejectedError("in use", http_status=400, upstream={"code": "IMG.0176"})
     h.ims.delete_script = [refusal] * 3
     for day in range(2):
-        h.at(slot(day))
-        h.run()
-        h.at(slot(day) + timedelta(minutes=30))
-        h.end_jobs()
-        for hours in range(1, 8):
-            h.at(slot(day) + timedelta(hours=hours))
-            h.run()
+        night(h, day)
 
     deletions = {d.image_id: d for d in h.store.list_deletions(policy="nightly")}
     # Day 0's refusals spent the first three tries; day 1 tried again and IMS took it.
@@ -222,8 +212,6 @@ def test_a_stored_template_with_an_unknown_placeholder_pauses_that_policy(
 
 def test_tags_listed_for_other_sources_and_policies_stay_out_of_one_sources_ranking() -> None:
     # A guard on the tags retention reads: both must be listed, as key=value or key.value.
-    from wholeimage.lifecycle.retention import policy_images
-
     tagged = ImageSummary(
         image_id="a",
         name="a",
