@@ -3,7 +3,7 @@
 Usage: ``.venv/bin/python scripts/bench_policies.py [--policies 1000] [--sources 10]
 [--store sqlite|postgres] [--repeat 20]``
 
-(a) Nothing due: a tick's policy part (``lifecycle.runs.run_lifecycle``) over a store holding
+(a) Nothing due: a tick's policy part (``service.lifecycle.lifecycle_phase``) over a store holding
     ``--policies`` policies of ``--sources`` sources each, none due, against the same part over
     an empty store, measured in the same run (median of ``--repeat``). Target: the policies add
     under 10 ms to a tick, since due slots are found through an index (docs/policies.md §4).
@@ -33,16 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "functions"), str(ROOT / "tools"), str(ROOT)]
 
-from tests.fakes import FakeImsClient  # noqa: E402
+from tests.fakes import FakeImsClient, make_settings  # noqa: E402
 
-from wholeimage.bootstrap import open_store  # noqa: E402
+from wholeimage.bootstrap import Dependencies, open_store  # noqa: E402
 from wholeimage.check import CheckConfig, run_check_sync  # noqa: E402
-from wholeimage.create import submit_create  # noqa: E402
 from wholeimage.httputil import RateLimiter  # noqa: E402
 from wholeimage.ims.poller import JobPoller  # noqa: E402
-from wholeimage.lifecycle.runs import LifecycleConfig, run_lifecycle  # noqa: E402
-from wholeimage.models import CreateImageRequest, Job  # noqa: E402
 from wholeimage.policies import policy_from_document  # noqa: E402
+from wholeimage.service.lifecycle import lifecycle_phase  # noqa: E402
 from wholeimage.store.base import SqlJobStore  # noqa: E402
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -98,28 +96,15 @@ def fill(store: SqlJobStore[Any], policies: int, sources: int, *, due: bool) -> 
         )
 
 
-def phase(store: SqlJobStore[Any], ims: FakeImsClient, *, budget: float) -> Any:
-    def submit(request: CreateImageRequest, key: str, requested_by: str) -> Job:
-        return submit_create(
-            request,
-            idempotency_key=key,
-            requested_by=requested_by,
-            trace=None,
-            ims=ims,
-            store=store,
-            first_poll_after=timedelta(0),
-            now=lambda: NOW,
-        ).job
+def wired(store: SqlJobStore[Any], ims: FakeImsClient) -> Dependencies:
+    """What ``check`` holds for the process: the settings, the store, IMS (here a fake)."""
+    return Dependencies(settings=make_settings(), store=store, ims=ims)
 
-    return run_lifecycle(
-        store=store,
-        ims=ims,
-        submit=submit,
-        outbox=None,
-        config=LifecycleConfig(time_budget=budget),
-        now=lambda: NOW,
-        monotonic=time.monotonic,
-        owner=f"bench-{uuid.uuid4().hex[:8]}",
+
+def phase(deps: Dependencies, *, budget: float) -> Any:
+    """The policies' part of a tick as ``check`` wires it (``service.lifecycle``)."""
+    return lifecycle_phase(
+        deps, budget=budget, owner=f"bench-{uuid.uuid4().hex[:8]}", now=lambda: NOW
     )
 
 
@@ -160,13 +145,15 @@ def main() -> None:
         directory = Path(folder)
         ims = FakeImsClient()
         empty = open_fresh(args.store, directory, "empty")
-        baseline = timed(lambda: phase(empty, ims, budget=60), args.repeat)
+        empty_deps = wired(empty, ims)
+        baseline = timed(lambda: phase(empty_deps, budget=60), args.repeat)
         empty_tick = timed(lambda: poll_tick(empty), args.repeat)
         empty.close()
 
         full = open_fresh(args.store, directory, "full")
         fill(full, args.policies, args.sources, due=False)
-        idle = timed(lambda: phase(full, ims, budget=60), args.repeat)
+        full_deps = wired(full, ims)
+        idle = timed(lambda: phase(full_deps, budget=60), args.repeat)
         full_tick = timed(lambda: poll_tick(full), args.repeat)
         print(f"store: {args.store}; {args.policies} policies x {args.sources} sources")
         print(
@@ -181,13 +168,14 @@ def main() -> None:
         latency = args.ims_latency_ms / 1000
         ims = FakeImsClient(on_submit=(lambda: time.sleep(latency)) if latency else None)
         total = args.policies * args.sources
+        due_deps = wired(due, ims)
         started = time.perf_counter()
-        first = phase(due, ims, budget=args.budget)
+        first = phase(due_deps, budget=args.budget)
         spent = time.perf_counter() - started
         made = sum(first.creates.values())
         ticks = 1
         while made < total and ticks < 100:
-            summary = phase(due, ims, budget=args.budget)
+            summary = phase(due_deps, budget=args.budget)
             made += sum(summary.creates.values())
             ticks += 1
         per_create = spent / max(sum(first.creates.values()), 1) * 1000
